@@ -1,0 +1,261 @@
+"""Parameter pytrees: leaf paths, input validation and matching the user's gradient to params.
+
+Everything here runs on the host in NumPy; nothing of the user's data is modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["Leaves", "flatten_params", "match_gradient", "path_to_str", "scalar_cost"]
+
+
+def _key_str(key: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_to_str(path: Sequence[Any]) -> str:
+    """Joins a jax key path into jaxcheck's leaf path: ``"layers/0/W"``."""
+    return "/".join(_key_str(k) for k in path) or "<root>"
+
+
+def _raw_key(key: Any) -> Any:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return getattr(key, attr)
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaves:
+    """The parameters, flattened: one entry per leaf, in ``jax.tree_util`` order.
+
+    Attributes:
+        paths: the leaf paths (``"W1"``, ``"layers/0/b"``).
+        keys: the raw key sequence of each leaf, used to look the leaf up in a gradient dict.
+        values: private float copies of the leaves (never the user's arrays).
+        treedef: the structure, to rebuild a pytree.
+    """
+
+    paths: tuple[str, ...]
+    keys: tuple[tuple[Any, ...], ...]
+    values: tuple[np.ndarray, ...]
+    treedef: Any
+
+    def unflatten(self, leaves: Sequence[Any]) -> Any:
+        """Rebuilds a pytree shaped like params from a list of leaves."""
+        return jax.tree_util.tree_unflatten(self.treedef, list(leaves))
+
+    def fresh(self) -> Any:
+        """A fresh copy of params for one call into the user's code."""
+        return self.unflatten([v.copy() for v in self.values])
+
+    @property
+    def size(self) -> int:
+        """Total number of scalar parameters."""
+        return int(sum(v.size for v in self.values))
+
+
+def _is_leaf(x: Any) -> bool:
+    return x is None or isinstance(x, (np.ndarray, np.generic, float, int, bool, complex))
+
+
+def flatten_params(params: Any) -> Leaves:
+    """Validates params and flattens them into private float copies.
+
+    Args:
+        params: a pytree (dicts, lists, tuples, dataclass-like registered nodes) whose leaves
+            are floating-point NumPy arrays or Python floats.
+
+    Returns:
+        The flattened :class:`Leaves`.
+
+    Raises:
+        InputError: if params is empty, or a leaf is not a finite floating-point array.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if not flat:
+        raise InputError(
+            "params is empty: jaxcheck needs at least one floating-point array to check, e.g. "
+            "{'W1': W1, 'b1': b1}."
+        )
+    paths, keys, values = [], [], []
+    for key_path, leaf in flat:
+        path = path_to_str(key_path)
+        if isinstance(leaf, (bool, np.bool_)) or leaf is None:
+            raise InputError(f"params leaf {path!r} is {leaf!r}; expected a float array.")
+        if isinstance(leaf, int):
+            raise InputError(
+                f"params leaf {path!r} is the Python int {leaf!r}; gradients are checked for "
+                f"floating-point parameters: write {float(leaf)!r} or drop it from params."
+            )
+        try:
+            arr = np.array(leaf, copy=True)
+        except Exception as err:  # noqa: BLE001 - anything unconvertible is bad input
+            raise InputError(
+                f"params leaf {path!r} of type {type(leaf).__name__} could not be read as a "
+                f"NumPy array ({err}); expected a float array."
+            ) from err
+        if not np.issubdtype(arr.dtype, np.floating):
+            hint = (
+                " Convert it with .astype(np.float64) if it is a parameter, or move it out of "
+                "params (into the closure of cost and grad) if it is data."
+                if np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+                else ""
+            )
+            raise InputError(
+                f"params leaf {path!r} has dtype {arr.dtype}; expected a floating-point array "
+                f"(float64, float32, float16).{hint}"
+            )
+        if not np.all(np.isfinite(arr)):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise InputError(
+                f"params leaf {path!r} holds a non-finite value ({arr[bad]!r} at index {bad}); "
+                f"gradients can only be checked at a point where every parameter is finite."
+            )
+        paths.append(path)
+        keys.append(tuple(_raw_key(k) for k in key_path))
+        values.append(arr)
+    if len(set(paths)) != len(paths):
+        dup = sorted({p for p in paths if paths.count(p) > 1})
+        raise InputError(f"params has several leaves with the same path {dup}; rename the keys.")
+    return Leaves(tuple(paths), tuple(keys), tuple(values), treedef)
+
+
+def scalar_cost(value: Any, *, what: str = "cost(params)") -> float:
+    """Reads the scalar cost out of what a cost function returned.
+
+    Args:
+        value: a scalar, a size-1 array, or a tuple/list whose first item is one.
+        what: how to name the function in error messages.
+
+    Returns:
+        The cost as a Python float.
+
+    Raises:
+        InputError: if the value is not a finite real scalar.
+    """
+    if isinstance(value, (tuple, list)):
+        if not value:
+            raise InputError(f"{what} returned an empty {type(value).__name__}; expected a scalar.")
+        value = value[0]
+        what = f"{what}[0]"
+    try:
+        arr = np.asarray(value)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"{what} returned {type(value).__name__}; expected a scalar.") from err
+    if arr.size != 1:
+        raise InputError(
+            f"{what} returned an array of shape {arr.shape}; expected a scalar cost (a float, or a "
+            f"tuple whose first item is the float). Reduce it, e.g. with np.mean or np.sum."
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"{what} returned dtype {arr.dtype}; expected a real scalar.")
+    out = float(arr.reshape(()))
+    if not np.isfinite(out):
+        raise InputError(
+            f"{what} is {out} at the given params; the cost must be finite where the gradient is "
+            f"checked (look for log(0), division by zero or overflow in the forward pass)."
+        )
+    return out
+
+
+def _lookup(tree: Any, keys: tuple[Any, ...], path: str) -> Any:
+    node = tree
+    for depth, key in enumerate(keys):
+        here = "/".join(str(k) for k in keys[:depth]) or "the top level"
+        if isinstance(node, Mapping):
+            if key in node:
+                node = node[key]
+            elif isinstance(key, str) and "d" + key in node:
+                node = node["d" + key]
+            else:
+                avail = sorted(str(k) for k in node.keys())
+                raise InputError(
+                    f"grad(params) has no entry for leaf {path!r}: looked for {key!r} and "
+                    f"{'d' + str(key)!r} at {here} and found only {avail}. Return a gradient "
+                    f"for every parameter, keyed like params or as 'd' + name."
+                )
+        elif isinstance(node, Sequence) and not isinstance(node, (str, bytes, np.ndarray)):
+            if not isinstance(key, int) or key >= len(node):
+                raise InputError(
+                    f"grad(params) has no entry for leaf {path!r}: {here} is a sequence of "
+                    f"length {len(node)}, expected index {key!r}."
+                )
+            node = node[key]
+        elif hasattr(node, str(key)) and isinstance(key, str):
+            node = getattr(node, key)
+        else:
+            raise InputError(
+                f"grad(params) has no entry for leaf {path!r}: expected a container at {here}, "
+                f"got {type(node).__name__}."
+            )
+    return node
+
+
+def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
+    """Lines the user's gradient up with params, leaf by leaf.
+
+    The gradient may have exactly the structure of params, or be a dict keyed like params or
+    by ``"d" + name`` (the classic lesson's convention); extra keys (``dZ1``, ``dA1``) are ignored.
+
+    Args:
+        grads: what ``grad(params)`` returned.
+        leaves: the flattened params.
+
+    Returns:
+        One float array per leaf, in leaf order (NaN and inf are kept: they are failures to
+        report, not bad input).
+
+    Raises:
+        InputError: if a leaf is missing, has the wrong shape, or is not numeric.
+    """
+    if isinstance(grads, tuple) and len(grads) == 2 and not isinstance(leaves.fresh(), tuple):
+        # Allow (grads, cache)-style returns only when params itself is not a 2-tuple.
+        first = grads[0]
+        if isinstance(first, (Mapping, list)):
+            grads = first
+    try:
+        flat, treedef = jax.tree_util.tree_flatten(grads)
+        same_structure = treedef == leaves.treedef
+    except Exception:  # noqa: BLE001 - unflattenable objects fall through to the lookup
+        same_structure = False
+    if not same_structure:
+        flat = [_lookup(grads, keys, path) for keys, path in zip(leaves.keys, leaves.paths)]
+    out = []
+    for g, path, value in zip(flat, leaves.paths, leaves.values):
+        try:
+            arr = np.array(g, copy=True)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(
+                f"grad(params) for leaf {path!r} is a {type(g).__name__} that could not be read "
+                f"as an array; expected a float array of shape {value.shape}."
+            ) from err
+        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+            raise InputError(
+                f"grad(params) for leaf {path!r} has dtype {arr.dtype}; expected a float array "
+                f"of shape {value.shape}."
+            )
+        if np.iscomplexobj(arr):
+            raise InputError(
+                f"grad(params) for leaf {path!r} is complex; jaxcheck checks real gradients."
+            )
+        if arr.shape != value.shape:
+            raise InputError(
+                f"grad(params) for leaf {path!r} has shape {arr.shape}; expected {value.shape}, "
+                f"the shape of the parameter itself."
+            )
+        if not np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float64)
+        out.append(arr)
+    return out

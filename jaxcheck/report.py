@@ -1,0 +1,264 @@
+"""The result of a gradient check: one LeafReport per parameter leaf, and the overall Report.
+
+Reports print as a table, serialise to JSON-ready dicts, render as HTML in Jupyter and plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from typing import Any
+
+__all__ = ["LeafReport", "Report"]
+
+_STATUS_WORDS = {
+    "ok": "correct",
+    "backprop": "BACKPROP WRONG",
+    "twin": "twin's autodiff wrong",
+    "kink": "correct (kink)",
+    "fd-unreliable": "correct (FD unreliable)",
+}
+
+
+def _fmt(x: float | None, spec: str = ".2e") -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    return format(x, spec)
+
+
+def _json_float(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    if math.isfinite(x):
+        return float(x)
+    return str(x)
+
+
+@dataclasses.dataclass
+class LeafReport:
+    """The verdict on one leaf of params.
+
+    Attributes:
+        path: the leaf's path, e.g. ``"W1"`` or ``"layers/0/b"``.
+        shape: the leaf's shape.
+        dtype: dtype of the user's gradient for this leaf.
+        status: ``"ok"``, ``"backprop"`` (the hand-written gradient is wrong), ``"twin"``
+            (``jax.grad`` of the JAX twin disagrees with finite differences while backprop agrees
+            with them), ``"kink"`` (a non-differentiable point was crossed; backprop is a valid
+            subgradient there) or ``"fd-unreliable"`` (finite differences strayed where backprop
+            and autodiff agree: not a bug).
+        ok: False only when the backprop is judged wrong.
+        difference_fd: classic difference of backprop vs finite differences (checked probes).
+        difference_autodiff: classic difference of backprop vs ``jax.grad`` (every entry).
+        difference_fd_autodiff: classic difference of finite differences vs ``jax.grad``.
+        fd_error: the estimated error of the finite differences, in the same relative units.
+        ratio: least-squares k with backprop ≈ k·autodiff (None when autodiff is zero).
+        worst_index: index of the largest disagreement of backprop with autodiff.
+        worst_backprop: backprop's value there.
+        worst_autodiff: autodiff's value there.
+        kinks: indices (tuples) where the one-sided slopes revealed a kink.
+        wrong: number of entries (or directions) judged wrong.
+        checked: number of probes that finite differences evaluated.
+        size: number of entries in the leaf.
+        method: ``"full"``, ``"sample"`` or ``"directional"``.
+        eps: the nominal finite-difference step (the largest used in this leaf).
+        tolerance: relative tolerance applied to backprop vs autodiff.
+        batch_size: perturbations per vmapped batch (per device).
+        message: a sentence saying what is wrong, when something is.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    status: str
+    ok: bool
+    difference_fd: float
+    difference_autodiff: float
+    difference_fd_autodiff: float
+    fd_error: float
+    ratio: float | None
+    worst_index: tuple[int, ...] | None
+    worst_backprop: float | None
+    worst_autodiff: float | None
+    kinks: list[tuple[int, ...]]
+    wrong: int
+    checked: int
+    size: int
+    method: str
+    eps: float
+    tolerance: float
+    batch_size: int
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (non-finite floats become strings)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) or value is None:
+                out[key] = _json_float(value)
+        out["shape"] = list(self.shape)
+        out["worst_index"] = None if self.worst_index is None else list(self.worst_index)
+        out["kinks"] = [list(k) for k in self.kinks]
+        return out
+
+
+@dataclasses.dataclass
+class Report:
+    """The result of :func:`jaxcheck.check`.
+
+    Attributes:
+        ok: the verdict: True when no leaf's backprop is judged wrong.
+        leaves: path → :class:`LeafReport`, in params order.
+        difference_fd: classic difference of backprop vs finite differences over all checked
+            probes.
+        difference_autodiff: classic difference of backprop vs ``jax.grad`` over all entries.
+        difference_fd_autodiff: classic difference of finite differences vs ``jax.grad``.
+        cost_mismatch: relative difference of the NumPy cost and the JAX twin's cost at θ.
+        cost: the NumPy cost at θ.
+        method: the method used.
+        dtype: the precision of the system under test (lowest among params and gradient).
+        twin: how the JAX twin was obtained (``"given"`` or ``"ported"``).
+        seconds: wall time of the check.
+    """
+
+    ok: bool
+    leaves: dict[str, LeafReport]
+    difference_fd: float
+    difference_autodiff: float
+    difference_fd_autodiff: float
+    cost_mismatch: float
+    cost: float
+    method: str
+    dtype: str
+    twin: str
+    seconds: float
+
+    @property
+    def failing(self) -> list[str]:
+        """Paths of the leaves whose backprop is wrong."""
+        return [p for p, leaf in self.leaves.items() if leaf.status == "backprop"]
+
+    @property
+    def verdict(self) -> str:
+        """The verdict in words, one sentence per finding."""
+        lines = []
+        for leaf in self.leaves.values():
+            if leaf.message:
+                lines.append(leaf.message)
+        if self.ok:
+            head = "Gradient correct: backprop agrees with autodiff and finite differences."
+            if any(leaf.status == "twin" for leaf in self.leaves.values()):
+                head = (
+                    "Backprop agrees with finite differences, but jax.grad of the JAX twin does "
+                    "not: fix the twin (jax_cost); the backprop is not blamed."
+                )
+            return "\n".join([head, *lines])
+        return "\n".join([f"Gradient WRONG in {', '.join(self.failing)}.", *lines])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the whole report."""
+        return {
+            "ok": self.ok,
+            "failing": self.failing,
+            "difference_fd": _json_float(self.difference_fd),
+            "difference_autodiff": _json_float(self.difference_autodiff),
+            "difference_fd_autodiff": _json_float(self.difference_fd_autodiff),
+            "cost_mismatch": _json_float(self.cost_mismatch),
+            "cost": _json_float(self.cost),
+            "method": self.method,
+            "dtype": self.dtype,
+            "twin": self.twin,
+            "seconds": self.seconds,
+            "verdict": self.verdict,
+            "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},
+        }
+
+    def _rows(self) -> list[list[str]]:
+        rows = []
+        for leaf in self.leaves.values():
+            checked = f"{leaf.checked}" if leaf.method == "full" else f"{leaf.checked}/{leaf.size}"
+            if leaf.method == "directional":
+                checked = f"{leaf.checked} dir"
+            rows.append(
+                [
+                    leaf.path,
+                    "×".join(map(str, leaf.shape)) or "()",
+                    checked,
+                    _fmt(leaf.difference_fd),
+                    _fmt(leaf.difference_autodiff),
+                    _fmt(leaf.difference_fd_autodiff),
+                    _fmt(leaf.fd_error),
+                    _fmt(leaf.ratio, ".3g"),
+                    "—" if leaf.worst_index is None else str(tuple(leaf.worst_index)),
+                    str(len(leaf.kinks)) if leaf.kinks else "",
+                    _STATUS_WORDS.get(leaf.status, leaf.status),
+                ]
+            )
+        return rows
+
+    _HEADER = (
+        "leaf",
+        "shape",
+        "checked",
+        "bp vs fd",
+        "bp vs ad",
+        "fd vs ad",
+        "fd error",
+        "ratio",
+        "worst",
+        "kinks",
+        "status",
+    )
+
+    def __str__(self) -> str:
+        rows = [list(self._HEADER), *self._rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
+        lines = [
+            f"jaxcheck: {self.method} check of {sum(x.size for x in self.leaves.values())} "
+            f"parameters in {len(self.leaves)} leaves ({self.dtype} system under test, "
+            f"{self.twin} JAX twin, cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})",
+        ]
+        for i, row in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        lines.append(
+            f"overall: bp vs fd {_fmt(self.difference_fd)}, bp vs ad "
+            f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}"
+        )
+        lines.append(self.verdict)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<jaxcheck.Report ok={self.ok} failing={self.failing}>"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
+        body = []
+        for leaf, row in zip(self.leaves.values(), self._rows()):
+            style = ""
+            if leaf.status == "backprop":
+                style = ' style="background:#fdd;font-weight:bold"'
+            elif leaf.status == "twin":
+                style = ' style="background:#ffd"'
+            cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
+            body.append(f'<tr class="jaxcheck-{leaf.status}"{style}>{cells}</tr>')
+        colour = "#070" if self.ok else "#b00"
+        verdict = "<br>".join(html.escape(line) for line in self.verdict.splitlines())
+        return (
+            f'<div class="jaxcheck-report"><p style="color:{colour};font-weight:bold">'
+            f"{verdict}</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            f"</tbody></table><p>overall: bp vs fd {_fmt(self.difference_fd)}, bp vs ad "
+            f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}; "
+            f"{html.escape(self.method)} check, {html.escape(self.dtype)}, cost mismatch "
+            f"{_fmt(self.cost_mismatch, '.1e')}</p></div>"
+        )
+
+    def plot(self, ax: Any = None) -> Any:
+        """Plots per-leaf differences against the tolerance; see :mod:`jaxcheck.plotting`."""
+        from .plotting import plot_report
+
+        return plot_report(self, ax=ax)
