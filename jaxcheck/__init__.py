@@ -10,3 +10,5 @@ from .errors import PortError as PortError
 from .errors import ReimplementationError as ReimplementationError
 from .report import LeafReport as LeafReport
 from .report import Report as Report
+from .sweep import StepSweep as StepSweep
+from .sweep import step_sweep as step_sweep

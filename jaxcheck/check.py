@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -201,10 +202,15 @@ def prepare(
     return Prepared(leaves, leaves64, backprop, value, twin, twin_kind, twin_cost, mismatch, dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _jitted_value(twin: Callable) -> Callable:
+    return jax.jit(lambda params: fdiff.scalar_of(twin(params)))
+
+
 def _twin_value(twin: Callable, kind: str, leaves: Leaves, leaves64: list[np.ndarray]) -> float:
-    params = leaves.unflatten([jax.numpy.asarray(v) for v in leaves64])
+    params = leaves.unflatten(list(leaves64))
     try:
-        out = fdiff.scalar_of(twin(params))
+        out = _jitted_value(twin)(params)
     except JaxcheckError:
         raise
     except Exception as err:
@@ -304,7 +310,8 @@ def check(
         eps: the finite-difference step. ``None`` picks ∛u·max(1, |θᵢ|) per coordinate; a
             float is used exactly as given.
         rtol: relative tolerance of backprop vs autodiff; ``None`` picks it from the dtype of
-            the backprop gradient (float64: 1e-7, float32: 1e-3, float16: 5e-2).
+            the backprop gradient or of its parameter, whichever is less precise (float64:
+            1e-7, float32: 1e-3, float16: 5e-2).
         batch_size: perturbations per vmapped batch and device; ``None`` fits a batch into
             ``memory_budget``.
         seed: seeds the sampled coordinates and the random directions.
@@ -357,9 +364,15 @@ def check(
         for work, ev in zip(probed, evals):
             work.evaluation = ev
         scale = max((float(np.max(np.abs(g))) for g in gradient if g.size), default=0.0)
+        # A leaf is judged at the lower precision of the parameter and its gradient: a float64
+        # gradient computed from float32 parameters is only as good as float32.
         tolerances = [
-            vd.tolerance_for(b.dtype, scale if np.isfinite(scale) else 0.0, rtol)
-            for b in prep.backprop
+            vd.tolerance_for(
+                min(np.dtype(b.dtype), np.dtype(v.dtype), key=lambda d: d.itemsize),
+                scale if np.isfinite(scale) else 0.0,
+                rtol,
+            )
+            for b, v in zip(prep.backprop, leaves.values)
         ]
         for work in probed:
             work.opinions = _opinions(work, value, gradient, prep.backprop)
@@ -441,6 +454,7 @@ def _opinions(
         slope_down=slope_down,
         error=rounding.copy(),
         rounding=rounding,
+        slope_error=4 * rounding,
         kink=np.zeros(n, bool),
         refined=np.zeros(n, bool),
     )
@@ -513,6 +527,14 @@ def _refine(
             slope_up_2h,
             slope_down_2h,
             op.rounding[picked],
+        )
+        op.slope_error[picked] = (
+            np.maximum(
+                np.abs(slope_up_2h - op.slope_up[picked]),
+                np.abs(slope_down_2h - op.slope_down[picked]),
+            )
+            + 4 * op.rounding[picked]
+            + 2 * rounding_2h
         )
         op.refined[picked] = True
 

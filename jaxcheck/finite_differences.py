@@ -133,13 +133,13 @@ def evaluation_bytes(
     intermediate that depends on it (an upper bound on what vmap batches), plus the perturbed
     copy of the leaf itself. Must be called with x64 enabled.
     """
-    others = [jnp.asarray(v) for v in leaves]
-    flat = others[index].reshape(-1)
+    others = [np.asarray(v) for v in leaves]
+    flat = jax.ShapeDtypeStruct((others[index].size,), others[index].dtype)
     fn = _cost_of_leaf(jax_cost, treedef, others, index)
     closed = jax.make_jaxpr(fn)(flat)
     jaxpr = closed.jaxpr
     dependent = set(map(id, jaxpr.invars))
-    total = flat.size * flat.dtype.itemsize
+    total = others[index].nbytes
     for eqn in jaxpr.eqns:
         if any(id(v) in dependent for v in eqn.invars):
             for out in eqn.outvars:
@@ -227,6 +227,8 @@ def _program(
                 row = _direction_row(cost, x, g, backprop[index].reshape(-1), progress)
 
             def local(*arrays, row=row):
+                if arrays[0].shape[0] == 1:  # one batch: no loop to compile
+                    return jax.tree_util.tree_map(lambda o: o[None], row(*(a[0] for a in arrays)))
                 return jax.lax.map(lambda a: row(*a), arrays)
 
             if mesh is not None:
@@ -375,7 +377,7 @@ def evaluate(
     _ACTIVE_PROGRESS.append(bar)
     try:
         value, gradient, outs = program(
-            [jnp.asarray(v) for v in leaves], [jnp.asarray(b, jnp.float64) for b in bp], args
+            [np.asarray(v) for v in leaves], [np.asarray(b, np.float64) for b in bp], args
         )
         value = float(value)
         gradient = None if gradient is None else [np.asarray(g) for g in gradient]

@@ -45,6 +45,8 @@ class LeafReport:
         path: the leaf's path, e.g. ``"W1"`` or ``"layers/0/b"``.
         shape: the leaf's shape.
         dtype: dtype of the user's gradient for this leaf.
+        tolerance: the relative tolerance used: by the less precise of the gradient's and the
+            parameter's dtype.
         status: ``"ok"``, ``"backprop"`` (the hand-written gradient is wrong), ``"twin"``
             (``jax.grad`` of the JAX twin disagrees with finite differences while backprop agrees
             with them), ``"kink"`` (a non-differentiable point was crossed; backprop is a valid
@@ -65,7 +67,6 @@ class LeafReport:
         size: number of entries in the leaf.
         method: ``"full"``, ``"sample"`` or ``"directional"``.
         eps: the nominal finite-difference step (the largest used in this leaf).
-        tolerance: relative tolerance applied to backprop vs autodiff.
         batch_size: perturbations per vmapped batch (per device).
         message: a sentence saying what is wrong, when something is.
     """
@@ -150,6 +151,8 @@ class Report:
                 lines.append(leaf.message)
         if self.ok:
             head = "Gradient correct: backprop agrees with autodiff and finite differences."
+            if lines:
+                head = "Gradient correct: backprop agrees with autodiff (notes below)."
             if any(leaf.status == "twin" for leaf in self.leaves.values()):
                 head = (
                     "Backprop agrees with finite differences, but jax.grad of the JAX twin does "

@@ -45,7 +45,7 @@ FD_USEFUL = 1e-2
 #: a → 1 make tens to hundreds of times u·|J| (the lesson's network measures about 130).
 ROUNDING_SAFETY = 256.0
 #: One-sided slope gap at h over the gap at 2h: 1/2 where the cost is smooth, 1 at a kink.
-KINK_RATIO = 0.6
+KINK_RATIO = 0.8
 
 _U64 = float(np.finfo(np.float64).eps)
 
@@ -141,6 +141,7 @@ class Opinions:
         slope_down: one-sided slope ``(J(θ) − J(θ−h)) / h``.
         error: estimated error of ``finite`` (rounding, plus truncation where refined).
         rounding: estimated rounding error of ``finite``.
+        slope_error: estimated error of the one-sided slopes (first order in h, plus rounding).
         kink: True where the one-sided slopes reveal a crossed non-differentiable point.
         refined: True where the probe was also evaluated at step 2h.
     """
@@ -152,6 +153,7 @@ class Opinions:
     slope_down: np.ndarray
     error: np.ndarray
     rounding: np.ndarray
+    slope_error: np.ndarray
     kink: np.ndarray
     refined: np.ndarray
 
@@ -188,8 +190,9 @@ def classify(op: Opinions, tol: Tolerance) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         precise = op.error <= FD_USEFUL * (np.abs(fd) + np.abs(ad) + ATOL_FRACTION * tol.scale)
     bp_fd = _close(bp, fd, max(tol.rtol, tol.fd_rtol), tol.atol + op.error)
-    lo = np.minimum(op.slope_up, op.slope_down) - 2 * op.error - tol.atol
-    hi = np.maximum(op.slope_up, op.slope_down) + 2 * op.error + tol.atol
+    margin = op.slope_error + tol.atol + tol.rtol * np.abs(bp)
+    lo = np.minimum(op.slope_up, op.slope_down) - margin
+    hi = np.maximum(op.slope_up, op.slope_down) + margin
     with np.errstate(invalid="ignore"):
         subgradient = op.kink & (bp >= lo) & (bp <= hi)
     out = np.full(bp.shape, BACKPROP, dtype=np.int8)

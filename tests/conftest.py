@@ -1,0 +1,44 @@
+"""Shared fixtures: the classic lesson's system under test, and an x64 guard."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcheck import seed
+
+
+@pytest.fixture(autouse=True)
+def _x64_left_alone():
+    before = jax.config.jax_enable_x64
+    yield
+    assert jax.config.jax_enable_x64 == before, "jaxcheck changed the global x64 flag"
+
+
+class Lesson:
+    """The lesson's network as (cost, grad, buggy grad, twin, params)."""
+
+    def __init__(self, dtype=np.float64):
+        X, Y, params = seed.gradient_check_n_test_case()
+        self.X, self.Y = X.astype(dtype), Y
+        self.params = {k: v.astype(dtype) for k, v in params.items()}
+
+    def cost(self, p):
+        return seed.forward_propagation_n(self.X, self.Y, p)
+
+    def grad(self, p):
+        _, cache = seed.forward_propagation_n(self.X, self.Y, p)
+        return seed.backward_propagation_n(self.X, self.Y, cache)
+
+    def buggy(self, p):
+        _, cache = seed.forward_propagation_n(self.X, self.Y, p)
+        return seed.backward_propagation_n_buggy(self.X, self.Y, cache)
+
+    def twin(self, p):
+        return seed.forward_propagation_n_jax(self.X, self.Y, p)
+
+
+@pytest.fixture
+def lesson():
+    return Lesson()
