@@ -349,17 +349,27 @@ def check(
     leaves = prep.leaves
     with jax.enable_x64(True):
         works = _probes(prep, method, samples, directions, eps, seed)
-        value, gradient, evals = fdiff.evaluate(
-            prep.twin,
-            leaves.treedef,
-            prep.leaves64,
-            [w.probe for w in works],
-            backprop=prep.backprop,
-            batch_size=batch_size,
-            memory_budget=memory_budget,
-            progress=progress,
-            devices=devices,
-        )
+        try:
+            value, gradient, evals = fdiff.evaluate(
+                prep.twin,
+                leaves.treedef,
+                prep.leaves64,
+                [w.probe for w in works],
+                backprop=prep.backprop,
+                batch_size=batch_size,
+                memory_budget=memory_budget,
+                progress=progress,
+                devices=devices,
+            )
+        except JaxcheckError:
+            raise
+        except Exception as err:
+            raise InputError(
+                f"the JAX twin ({prep.twin_kind}) ran at params but failed under jax.vmap or "
+                f"jax.grad: {type(err).__name__}: {err}. jax_cost must be a pure jax.numpy "
+                f"function of params that vmap and grad can trace (no Python control flow on "
+                f"values, no callbacks into NumPy)."
+            ) from err
         probed = [w for w in works if w.probe.count > 0]
         for work, ev in zip(probed, evals):
             work.evaluation = ev

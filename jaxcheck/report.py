@@ -21,6 +21,15 @@ _STATUS_WORDS = {
 }
 
 
+# Row styles of the HTML table, by status: the backprop's failures stand out most.
+_ROW_STYLES = {
+    "backprop": "background:#fdd;color:#b00;font-weight:bold",
+    "twin": "background:#ffd;color:#850",
+    "kink": "background:#f4f4f4",
+    "fd-unreliable": "background:#f4f4f4",
+}
+
+
 def _fmt(x: float | None, spec: str = ".2e") -> str:
     if x is None:
         return "—"
@@ -112,7 +121,7 @@ class Report:
 
     Attributes:
         ok: the verdict: True when no leaf's backprop is judged wrong.
-        leaves: path → :class:`LeafReport`, in params order.
+        leaves: path → :class:`LeafReport`, in ``jax.tree_util`` order (dict keys sorted).
         difference_fd: classic difference of backprop vs finite differences over all checked
             probes.
         difference_autodiff: classic difference of backprop vs ``jax.grad`` over all entries.
@@ -195,7 +204,9 @@ class Report:
                     _fmt(leaf.difference_fd_autodiff),
                     _fmt(leaf.fd_error),
                     _fmt(leaf.ratio, ".3g"),
-                    "—" if leaf.worst_index is None else str(tuple(leaf.worst_index)),
+                    "—"
+                    if leaf.worst_index is None or leaf.status == "ok"
+                    else str(tuple(leaf.worst_index)),
                     str(len(leaf.kinks)) if leaf.kinks else "",
                     _STATUS_WORDS.get(leaf.status, leaf.status),
                 ]
@@ -239,25 +250,29 @@ class Report:
         return f"<jaxcheck.Report ok={self.ok} failing={self.failing}>"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
+        """The report as an HTML table for Jupyter: the verdict first, failing leaves in red."""
+        cell = "padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"
+        head = "".join(f'<th style="{cell}">{html.escape(h)}</th>' for h in self._HEADER)
         body = []
         for leaf, row in zip(self.leaves.values(), self._rows()):
-            style = ""
-            if leaf.status == "backprop":
-                style = ' style="background:#fdd;font-weight:bold"'
-            elif leaf.status == "twin":
-                style = ' style="background:#ffd"'
-            cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
-            body.append(f'<tr class="jaxcheck-{leaf.status}"{style}>{cells}</tr>')
+            style = _ROW_STYLES.get(leaf.status, "")
+            cells = "".join(f'<td style="{cell}">{html.escape(c)}</td>' for c in row)
+            body.append(
+                f'<tr class="jaxcheck-{html.escape(leaf.status)}" style="{style}">{cells}</tr>'
+            )
         colour = "#070" if self.ok else "#b00"
         verdict = "<br>".join(html.escape(line) for line in self.verdict.splitlines())
+        size = sum(x.size for x in self.leaves.values())
         return (
-            f'<div class="jaxcheck-report"><p style="color:{colour};font-weight:bold">'
-            f"{verdict}</p><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
-            f"</tbody></table><p>overall: bp vs fd {_fmt(self.difference_fd)}, bp vs ad "
+            f'<div class="jaxcheck-report">'
+            f'<p style="color:{colour};font-weight:bold">{verdict}</p>'
+            f'<table style="border-collapse:collapse;font-family:monospace">'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<p>overall: bp vs fd {_fmt(self.difference_fd)}, bp vs ad "
             f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}; "
-            f"{html.escape(self.method)} check, {html.escape(self.dtype)}, cost mismatch "
-            f"{_fmt(self.cost_mismatch, '.1e')}</p></div>"
+            f"{html.escape(self.method)} check of {size} parameters in {len(self.leaves)} leaves, "
+            f"{html.escape(self.dtype)} system under test, {html.escape(self.twin)} JAX twin, "
+            f"cost {self.cost:.6g}, twin mismatch {_fmt(self.cost_mismatch, '.1e')}</p></div>"
         )
 
     def plot(self, ax: Any = None) -> Any:
