@@ -1,0 +1,136 @@
+"""NumPy costs for tests/test_port.py, with module-level helpers that `port` must find and port.
+
+The functions at the end cannot run on jax.numpy; the tests check that PortError names the line.
+"""
+
+import math
+
+import numpy as np
+from numpy import exp
+
+
+def relu(z):
+    return np.maximum(0, z)
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def sigmoid_imported(z):
+    return 1.0 / (1.0 + exp(-z))
+
+
+def two_layer_cost(X, Y, params):
+    """LINEAR -> RELU -> LINEAR -> SIGMOID with cross-entropy, as a float at the end."""
+    m = X.shape[1]
+    cache = {}
+    Z1 = np.dot(params["W1"], X) + params["b1"]
+    A1 = relu(Z1)
+    cache["Z1"] = Z1
+    cache["A1"] = A1
+    Z2 = params["W2"] @ A1 + params["b2"]
+    A2 = sigmoid(Z2)
+    cache["A2"] = A2
+    logprobs = np.multiply(Y, np.log(A2)) + np.multiply(1 - Y, np.log(1 - A2))
+    cost = -1.0 / m * np.sum(logprobs, axis=1, keepdims=True)
+    return float(np.squeeze(cost))
+
+
+def two_layer_gradients(X, Y, params):
+    """The analytic gradient of :func:`two_layer_cost`, by hand."""
+    m = X.shape[1]
+    Z1 = np.dot(params["W1"], X) + params["b1"]
+    A1 = relu(Z1)
+    A2 = sigmoid(params["W2"] @ A1 + params["b2"])
+    dZ2 = A2 - Y
+    dZ1 = np.dot(params["W2"].T, dZ2) * (Z1 > 0)
+    return {
+        "W1": np.dot(dZ1, X.T) / m,
+        "b1": np.sum(dZ1, axis=1, keepdims=True) / m,
+        "W2": np.dot(dZ2, A1.T) / m,
+        "b2": np.sum(dZ2, axis=1, keepdims=True) / m,
+    }
+
+
+def cost_with_cache(X, Y, params):
+    """Returns ``(cost, cache)`` like the lesson's forward_propagation_n."""
+    A1 = np.tanh(params["W1"] @ X + params["b1"])
+    A2 = sigmoid_imported(np.dot(params["W2"], A1) + params["b2"])
+    cost = np.mean(np.square(A2 - Y))
+    return cost, {"A1": A1, "A2": A2}
+
+
+def item_cost(X, Y, params):
+    """Many NumPy idioms, and ``cost.item()`` at the end."""
+    H = np.maximum(params["W1"].dot(X) + params["b1"], 0.0)
+    out = np.where(H > 1.0, np.sqrt(H + 1.0), H).T.reshape(-1, H.shape[0])
+    err = np.abs(np.sum(out, axis=1) - Y.reshape(-1)) + np.tanh(np.mean(params["W2"]))
+    cost = 1.0 / Y.size * np.sum(np.square(err)) + np.log(np.exp(params["b2"]).sum())
+    return cost.item()
+
+
+def power(x, n):
+    """x**n by recursion: porting a recursive helper must not loop."""
+    return np.ones_like(x) if n == 0 else x * power(x, n - 1)
+
+
+def ping(x, n):
+    return x if n == 0 else pong(np.sin(x), n - 1)
+
+
+def pong(x, n):
+    return x if n == 0 else ping(np.cos(x), n - 1)
+
+
+def recursive_cost(params):
+    return np.sum(power(params["w"], 3)) + np.sum(ping(params["w"], 3))
+
+
+def generator_cost(params):
+    """Uses `sigmoid` only inside a generator expression, a code object of its own."""
+    return sum(np.sum(sigmoid(w)) for w in params.values())
+
+
+# ---- Functions that cannot be ported -------------------------------------------------------
+
+
+def relu_inplace(z):
+    a = z * 1.0
+    a[a < 0] = 0
+    return a
+
+
+def inplace_cost(params):
+    return np.sum(relu_inplace(params["w"]))
+
+
+def augmented_cost(params):
+    z = np.zeros(3)
+    z[0] += np.sum(params["w"])
+    return np.sum(z)
+
+
+def branching_cost(params):
+    if np.sum(params["w"]) > 0:
+        return np.sum(params["w"] ** 2)
+    return np.sum(params["w"])
+
+
+def math_cost(params):
+    return math.exp(np.sum(params["w"]))
+
+
+def dropout_cost(params):
+    mask = np.random.rand(*params["w"].shape) < 0.5
+    return np.sum(params["w"] * mask)
+
+
+def scipy_cost(params):
+    from scipy.special import expit
+
+    return np.sum(expit(params["w"]))
+
+
+def mismatch_cost(params):
+    return np.sum(np.dot(params["w"], params["v"]))
