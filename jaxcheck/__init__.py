@@ -1,4 +1,9 @@
-"""jaxcheck: is your hand-written backpropagation right, and if not, exactly where is it wrong?"""
+"""jaxcheck: is your hand-written backpropagation right, and if not, exactly where is it wrong?
+
+Three opinions of dJ/dθ — your NumPy backprop, finite differences of a JAX twin of your cost
+(vmapped over every perturbed parameter vector), and ``jax.grad`` of the twin — compared per
+parameter, with a verdict that says who is wrong.
+"""
 
 from .check import assert_gradients as assert_gradients
 from .check import check as check
@@ -8,7 +13,26 @@ from .errors import JaxcheckError as JaxcheckError
 from .errors import NondeterminismError as NondeterminismError
 from .errors import PortError as PortError
 from .errors import ReimplementationError as ReimplementationError
+from .port import port as port
 from .report import LeafReport as LeafReport
 from .report import Report as Report
 from .sweep import StepSweep as StepSweep
 from .sweep import step_sweep as step_sweep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradientError",
+    "InputError",
+    "JaxcheckError",
+    "LeafReport",
+    "NondeterminismError",
+    "PortError",
+    "ReimplementationError",
+    "Report",
+    "StepSweep",
+    "assert_gradients",
+    "check",
+    "port",
+    "step_sweep",
+]

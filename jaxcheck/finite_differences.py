@@ -149,19 +149,19 @@ def evaluation_bytes(
         def total(ls: Sequence[Any]) -> jax.Array:
             return scalar_of(jax_cost(jax.tree_util.tree_unflatten(treedef, list(ls))))
 
-        fn = perturbed_cost(total, others, index)
         args = (jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((), np.float64))
-        base = 0
-        jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-        # The shared product is broadcast before one slice is added to each copy, and XLA
-        # keeps both buffers alive: count half as much again.
-        return int(1.5 * _dependent_bytes(jaxpr, set(map(id, jaxpr.invars))))
-    else:
-        fn = _cost_of_leaf(jax_cost, treedef, others, index)
-        args = (jax.ShapeDtypeStruct((others[index].size,), others[index].dtype),)
-        base = others[index].nbytes
+        try:
+            jaxpr = jax.make_jaxpr(perturbed_cost(total, others, index))(*args).jaxpr
+        except Exception:  # noqa: BLE001 - the program will fall back to brute force too
+            jaxpr = None
+        if jaxpr is not None:
+            # The shared product is broadcast before one slice is added to each copy, and XLA
+            # keeps both buffers alive: count half as much again.
+            return int(1.5 * _dependent_bytes(jaxpr, set(map(id, jaxpr.invars))))
+    fn = _cost_of_leaf(jax_cost, treedef, others, index)
+    args = (jax.ShapeDtypeStruct((others[index].size,), others[index].dtype),)
     jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-    return base + _dependent_bytes(jaxpr, set(map(id, jaxpr.invars)))
+    return others[index].nbytes + _dependent_bytes(jaxpr, set(map(id, jaxpr.invars)))
 
 
 def _dependent_bytes(jaxpr: Any, dependent: set[int]) -> int:

@@ -394,9 +394,13 @@ def _port_function(fn: types.FunctionType) -> types.FunctionType:
     namespace = dict(fn.__globals__)
     namespace.update({_ITEM: _item, _FLOAT: _float, _MARK: record})
     cells = tuple(types.CellType() for _ in record.cells)
-    ported = types.FunctionType(
-        _rewritten_code(fn) or original, namespace, fn.__name__, None, cells or None
-    )
+    code = _rewritten_code(fn)
+    if code is None:
+        code = original
+        if "float" in names and "float" not in fn.__globals__:
+            # Without source to rewrite, the builtin can still be shadowed for this function.
+            namespace["float"] = _float
+    ported = types.FunctionType(code, namespace, fn.__name__, None, cells or None)
     ported.__qualname__ = fn.__qualname__
     ported.__doc__ = fn.__doc__
     record.ported = ported

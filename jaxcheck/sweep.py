@@ -127,9 +127,7 @@ def step_sweep(
             rng = np.random.default_rng([seed, i])
             samples_ = samples or check_module.DEFAULT_SAMPLES
             coords.append(check_module._sample(theta.size, samples_, rng))
-    bp = np.concatenate(
-        [b.astype(np.float64).ravel()[c] for b, c in zip(prep.backprop, coords)]
-    )
+    bp = np.concatenate([b.astype(np.float64).ravel()[c] for b, c in zip(prep.backprop, coords)])
     diff_bp, diff_ad = [], []
     with jax.enable_x64(True):
         for h in steps:

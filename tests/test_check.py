@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Lesson
 
 import jaxcheck as jc
-from conftest import Lesson
 
 # --------------------------------------------------------------------------- the lesson
 
@@ -184,7 +184,11 @@ def test_zero_true_gradient_leaf_is_agreement_not_a_bug():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3, 16))
     Y = rng.normal(size=(1, 16))
-    params = {"W": rng.normal(size=(4, 3)), "b": rng.normal(size=(4, 1)), "v": rng.normal(size=(1, 4))}
+    params = {
+        "W": rng.normal(size=(4, 3)),
+        "b": rng.normal(size=(4, 1)),
+        "v": rng.normal(size=(1, 4)),
+    }
 
     def forward(p, xp=np):
         Z = p["W"] @ X + p["b"]
@@ -200,9 +204,7 @@ def test_zero_true_gradient_leaf_is_agreement_not_a_bug():
         dZ = (dN - dN.mean(axis=1, keepdims=True) - N * (dN * N).mean(axis=1, keepdims=True)) / std
         return {"W": dZ @ X.T, "b": dZ.sum(axis=1, keepdims=True), "v": dO @ N.T}
 
-    report = jc.check(
-        lambda p: forward(p)[0], grad, params, jax_cost=lambda p: forward(p, jnp)[0]
-    )
+    report = jc.check(lambda p: forward(p)[0], grad, params, jax_cost=lambda p: forward(p, jnp)[0])
     assert report.ok, str(report)
     assert np.max(np.abs(grad(params)["b"])) < 1e-14  # the bias's true gradient is zero
     assert report.leaves["b"].status == "ok"
@@ -247,8 +249,8 @@ def test_nested_pytree_paths_and_structured_gradient():
 
     def grad(p, bug=False):
         H = forward(p)[1]
-        O = H @ p["dec"][0] + p["dec"][1][0]
-        dO = 2 * O
+        out = H @ p["dec"][0] + p["dec"][1][0]
+        dO = 2 * out
         dH = dO @ p["dec"][0].T * (1 - H**2)
         dW = X.T @ dH
         return {
@@ -356,8 +358,16 @@ def test_bad_cost_raises_input_error(cost, match):
         ({"method": "directional", "directions": 2.5}, "directions=2.5"),
         ({"batch_size": -2}, "batch_size=-2"),
     ],
-    ids=["method", "eps-zero", "eps-negative", "rtol-nan", "samples-zero", "samples-full",
-         "directions-float", "batch-negative"],
+    ids=[
+        "method",
+        "eps-zero",
+        "eps-negative",
+        "rtol-nan",
+        "samples-zero",
+        "samples-full",
+        "directions-float",
+        "batch-negative",
+    ],
 )
 def test_bad_options_raise_input_error(options, match):
     cost, grad, params, twin = _quadratic()
@@ -383,9 +393,7 @@ def test_user_function_errors_are_reported_not_leaked():
 
 def test_twin_that_computes_another_cost_raises_reimplementation_error(lesson):
     with pytest.raises(jc.ReimplementationError, match=r"2\.40783.*relative mismatch") as info:
-        jc.check(
-            lesson.cost, lesson.grad, lesson.params, jax_cost=lambda p: 1.01 * lesson.twin(p)
-        )
+        jc.check(lesson.cost, lesson.grad, lesson.params, jax_cost=lambda p: 1.01 * lesson.twin(p))
     assert "nothing was judged" in str(info.value)
 
 

@@ -164,7 +164,10 @@ def test_four_devices_give_the_one_device_answer():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     env.pop("JAX_PLATFORMS", None)
     result = subprocess.run(
-        [sys.executable, "-c", _SEVERAL_DEVICES], capture_output=True, text=True, env=env,
+        [sys.executable, "-c", _SEVERAL_DEVICES],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
