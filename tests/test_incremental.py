@@ -28,9 +28,7 @@ def _twins():
             jnp.sum(jnp.broadcast_to(p["b"].reshape(3, 1, 1), (3, 2, 6)) * (p["W"] @ X)[:, None, :])
             + jnp.sum(jnp.squeeze(p["b"], 1) ** 3)
         ),
-        "batched dot (einsum)": lambda p: jnp.sum(
-            jnp.einsum("bij,jk->bik", T, p["W"] @ X) ** 2
-        ),
+        "batched dot (einsum)": lambda p: jnp.sum(jnp.einsum("bij,jk->bik", T, p["W"] @ X) ** 2),
         "weight used twice": lambda p: jnp.sum((p["W"] @ X) ** 2) + 0.1 * jnp.sum(p["W"] ** 2),
         "concatenate, slice, where": lambda p: jnp.sum(
             jnp.where(p["W"] > 0, jnp.concatenate([p["W"], p["W"] ** 2], 1)[:, :4], -p["W"])[:, 1:]
