@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ __all__ = [
     "evaluation_bytes",
     "scalar_of",
 ]
+
+_LOG = logging.getLogger("jaxcheck")
 
 #: Evaluate coordinate perturbations incrementally (see :mod:`jaxcheck._incremental`): a
 #: perturbed weight's first matrix product is updated by one slice instead of recomputed.
@@ -141,27 +144,53 @@ def evaluation_bytes(
 
     Traces one perturbed evaluation of the cost, exactly as the batch will run it, and adds up
     the sizes of every intermediate that depends on the perturbation (an upper bound on what
-    vmap batches). Must be called with x64 enabled.
+    vmap batches). Cached by the twin, the shapes and the leaf.
     """
-    others = [np.asarray(v) for v in leaves]
-    if _incremental_for(others[index]):
+    shapes = tuple((tuple(np.shape(v)), np.dtype(np.result_type(v)).name) for v in leaves)
+    incremental = _incremental_for(leaves[index])
+    return _evaluation_bytes(jax_cost, treedef, shapes, index, incremental)
 
-        def total(ls: Sequence[Any]) -> jax.Array:
-            return scalar_of(jax_cost(jax.tree_util.tree_unflatten(treedef, list(ls))))
 
-        args = (jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((), np.float64))
-        try:
-            jaxpr = jax.make_jaxpr(perturbed_cost(total, others, index))(*args).jaxpr
-        except Exception:  # noqa: BLE001 - the program will fall back to brute force too
-            jaxpr = None
-        if jaxpr is not None:
-            # The shared product is broadcast before one slice is added to each copy, and XLA
-            # keeps both buffers alive: count half as much again.
-            return int(1.5 * _dependent_bytes(jaxpr, set(map(id, jaxpr.invars))))
-    fn = _cost_of_leaf(jax_cost, treedef, others, index)
-    args = (jax.ShapeDtypeStruct((others[index].size,), others[index].dtype),)
-    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-    return others[index].nbytes + _dependent_bytes(jaxpr, set(map(id, jaxpr.invars)))
+@functools.lru_cache(maxsize=1024)
+def _evaluation_bytes(
+    jax_cost: Callable,
+    treedef: Any,
+    shapes: tuple[tuple[tuple[int, ...], str], ...],
+    index: int,
+    incremental: bool,
+) -> int:
+    abstract = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
+    n = len(abstract)
+
+    def total(ls: Sequence[Any]) -> jax.Array:
+        return scalar_of(jax_cost(jax.tree_util.tree_unflatten(treedef, list(ls))))
+
+    with jax.enable_x64(True):
+        if incremental:
+            probe = (jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((), np.float64))
+            try:
+                jaxpr = jax.make_jaxpr(lambda i, s, *ls: perturbed_cost(total, ls, index)(i, s))(
+                    *probe, *abstract
+                ).jaxpr
+            except Exception:  # noqa: BLE001 - the program falls back to brute force too
+                jaxpr = None
+            if jaxpr is not None:
+                # The shared product is broadcast before one slice is added to each copy, and
+                # XLA keeps both buffers alive: count half as much again.
+                start = set(map(id, jaxpr.invars[:2]))
+                return int(1.5 * _dependent_bytes(jaxpr, start))
+        leaf = abstract[index]
+        flat = jax.ShapeDtypeStruct((math.prod(leaf.shape),), leaf.dtype)
+
+        def perturbed(x: jax.Array, *ls: Any) -> jax.Array:
+            moved = list(ls)
+            moved[index] = x.reshape(leaf.shape)
+            return total(moved)
+
+        jaxpr = jax.make_jaxpr(perturbed)(flat, *abstract).jaxpr
+    nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+    assert len(jaxpr.invars) == n + 1
+    return nbytes + _dependent_bytes(jaxpr, {id(jaxpr.invars[0])})
 
 
 def _dependent_bytes(jaxpr: Any, dependent: set[int]) -> int:
@@ -411,10 +440,18 @@ def evaluate(
     try:
         try:
             value, gradient, outs = _program(*key, device_ids, INCREMENTAL)(*inputs)
-        except Exception:
+        except jax.errors.JaxRuntimeError:
+            raise  # out of memory and the like: running more would not help
+        except Exception as err:
             if not INCREMENTAL:
                 raise
             # A twin the incremental evaluator cannot follow is evaluated from scratch.
+            _LOG.warning(
+                "jaxcheck: incremental evaluation failed (%s: %s); evaluating every perturbed "
+                "point from scratch instead, which is slower.",
+                type(err).__name__,
+                err,
+            )
             value, gradient, outs = _program(*key, device_ids, False)(*inputs)
         value = float(value)
         gradient = None if gradient is None else [np.asarray(g) for g in gradient]

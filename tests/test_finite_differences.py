@@ -77,7 +77,7 @@ def test_incremental_evaluation_skips_the_first_product(monkeypatch):
     assert flops[False] - flops[True] > 0.8 * 2 * 1200 * 2 * 40 * 30 * 8
 
 
-def test_an_unfollowable_twin_falls_back_to_evaluation_from_scratch(monkeypatch):
+def test_an_unfollowable_twin_falls_back_to_evaluation_from_scratch(monkeypatch, caplog):
     model = models.make("tanh_mlp")
     monkeypatch.setattr(fd, "INCREMENTAL_MIN_SIZE", 1)
 
@@ -86,9 +86,13 @@ def test_an_unfollowable_twin_falls_back_to_evaluation_from_scratch(monkeypatch)
 
     monkeypatch.setattr(fd, "perturbed_cost", broken)
     fd._program.cache_clear()
-    report = jc.check(model.cost, model.grad, model.params, jax_cost=model.jax_cost)
+    fd._evaluation_bytes.cache_clear()
+    with caplog.at_level("WARNING", logger="jaxcheck"):
+        report = jc.check(model.cost, model.grad, model.params, jax_cost=model.jax_cost)
     assert report.ok
+    assert "evaluating every perturbed point from scratch" in caplog.text
     fd._program.cache_clear()
+    fd._evaluation_bytes.cache_clear()
 
 
 def test_batch_size_follows_the_memory_budget_and_bounds_compiled_memory():
