@@ -38,9 +38,10 @@ _LOG = logging.getLogger("jaxcheck")
 #: perturbed weight's first matrix product is updated by one slice instead of recomputed.
 #: False evaluates the twin from scratch at every perturbed point (brute force).
 INCREMENTAL = True
-#: Leaves smaller than this are evaluated from scratch: the saving would not pay for the
-#: larger program to compile.
-INCREMENTAL_MIN_SIZE = 2048
+#: Leaves smaller than this are evaluated from scratch: for them the saving would not pay for
+#: the larger program to compile. Larger ones are not: a from-scratch batch of a mid-sized
+#: bias makes large batched products that a GPU compiler spends tens of seconds autotuning.
+INCREMENTAL_MIN_SIZE = 64
 #: Memory budget for one batch of perturbed evaluations on a CPU: 512 MiB.
 DEFAULT_CPU_BUDGET = 512 * 2**20
 #: Fraction of an accelerator's memory given to one batch of perturbed evaluations.
