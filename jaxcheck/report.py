@@ -65,7 +65,9 @@ class LeafReport:
         difference_fd: classic difference of backprop vs finite differences (checked probes).
         difference_autodiff: classic difference of backprop vs ``jax.grad`` (every entry).
         difference_fd_autodiff: classic difference of finite differences vs ``jax.grad``.
-        fd_error: the estimated error of the finite differences, in the same relative units.
+        fd_error: the estimated error of the finite differences, in the same relative units:
+            rounding for every probe, plus truncation (from a second step 2h) where a probe
+            disagreed with another opinion and was re-evaluated.
         ratio: least-squares k with backprop ≈ k·autodiff (None when autodiff is zero).
         worst_index: index of the largest disagreement of backprop with autodiff.
         worst_backprop: backprop's value there.
