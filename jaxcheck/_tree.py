@@ -175,6 +175,11 @@ def _lookup(tree: Any, keys: tuple[Any, ...], path: str) -> Any:
     for depth, key in enumerate(keys):
         here = "/".join(str(k) for k in keys[:depth]) or "the top level"
         if isinstance(node, Mapping):
+            if key in node and isinstance(key, str) and "d" + key in node:
+                raise InputError(
+                    f"grad(params) holds both {key!r} and {'d' + key!r} for leaf {path!r}; "
+                    f"it is ambiguous which is the gradient. Return only one of them."
+                )
             if key in node:
                 node = node[key]
             elif isinstance(key, str) and "d" + key in node:

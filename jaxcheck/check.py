@@ -116,10 +116,20 @@ def _call_user(fn: Callable, params: Any, name: str) -> Any:
     except JaxcheckError:
         raise
     except Exception as err:
-        raise InputError(
-            f"{name}(params) raised {type(err).__name__}: {err}. jaxcheck calls {name} with "
-            f"params alone; wrap data in a closure, e.g. lambda p: {name}(X, Y, p)."
-        ) from err
+        text = str(err).rstrip(".")
+        if isinstance(err, TypeError) and "positional argument" in text:
+            advice = (
+                f"jaxcheck calls {name} with params alone; wrap the data in a closure, e.g. "
+                f"lambda p: {name}(X, Y, p)."
+            )
+        elif isinstance(err, KeyError) and isinstance(params, dict):
+            advice = (
+                f"params has the keys {sorted(map(str, params))}; {name} looked up "
+                f"{err.args[0]!r}, which it does not hold."
+            )
+        else:
+            advice = f"The error is in {name} itself; its traceback is chained above."
+        raise InputError(f"{name}(params) raised {type(err).__name__}: {text}. {advice}") from err
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -664,7 +674,7 @@ def _message(
         ad_norm = float(np.linalg.norm(ad))
         if ad_norm <= (leaf.tolerance * 1e-2) * max(1e-300, np.max(np.abs(ad), initial=0.0)):
             ad_norm = 0.0
-        if leaf.ratio is not None and ad_norm > 0:
+        if leaf.ratio is not None and ad_norm > 0 and round(leaf.ratio, 2) != 1.0:
             residual = float(np.linalg.norm(bp - leaf.ratio * ad))
             if residual <= 1e-3 * float(np.linalg.norm(bp)) + 1e-300:
                 r = leaf.ratio

@@ -400,7 +400,14 @@ def _run_check(args: argparse.Namespace) -> int:
                 progress=False if args.no_progress else None,
             )
         except JaxcheckError as err:
-            raise _UsageError(f"{type(err).__name__}: {err}") from err
+            message = f"{type(err).__name__}: {err}"
+            if "jax_cost=" in message:
+                # The advice is written for the Python API; say it the command line's way.
+                message += (
+                    "\nOn the command line, pass the JAX twin as --jax-cost "
+                    "path/to/file.py:function."
+                )
+            raise _UsageError(message) from err
     _write(json.dumps(report.to_dict(), indent=2) if args.json else str(report))
     return EXIT_CORRECT if report.ok else EXIT_WRONG
 

@@ -205,7 +205,7 @@ class Report:
                     _fmt(leaf.difference_autodiff),
                     _fmt(leaf.difference_fd_autodiff),
                     _fmt(leaf.fd_error),
-                    _fmt(leaf.ratio, ".3g"),
+                    _fmt(leaf.ratio, ".3g") if leaf.status in ("ok", "backprop") else "—",
                     "—"
                     if leaf.worst_index is None or leaf.status == "ok"
                     else str(tuple(leaf.worst_index)),
@@ -234,7 +234,8 @@ class Report:
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
         lines = [
             f"jaxcheck: {self.method} check of {sum(x.size for x in self.leaves.values())} "
-            f"parameters in {len(self.leaves)} leaves ({self.dtype} system under test, "
+            f"parameters in {len(self.leaves)} lea{'f' if len(self.leaves) == 1 else 'ves'} "
+            f"({self.dtype} system under test, "
             f"{self.twin} JAX twin, cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})",
         ]
         for i, row in enumerate(rows):

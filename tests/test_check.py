@@ -482,3 +482,43 @@ def test_partial_methods_pass_correct_and_localise_buggy(lesson, method):
     else:
         assert bad.leaves["W1"].checked == 8
         assert "8 dir" in str(bad)
+
+
+def test_a_single_wrong_entry_is_named_not_summarised_as_a_ratio():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 8))
+    params = {"W": rng.normal(size=(30, 30))}
+
+    def grad(p, wrong=False):
+        g = 2 * (p["W"] @ X) @ X.T
+        if wrong:
+            g = g.copy()
+            g[3, 4] += 1e-3 * np.max(np.abs(g))
+        return {"W": g}
+
+    report = jc.check(
+        lambda p: float(np.sum((p["W"] @ X) ** 2)),
+        lambda p: grad(p, wrong=True),
+        params,
+        jax_cost=lambda p: jnp.sum((p["W"] @ X) ** 2),
+    )
+    assert report.failing == ["W"]
+    assert report.leaves["W"].worst_index == (3, 4)
+    assert "at 1 of 900 entries; worst at (3, 4)" in report.leaves["W"].message
+    assert "1.00×" not in str(report)
+
+
+def test_gradient_with_both_name_and_d_name_is_ambiguous():
+    cost, _, params, twin = _quadratic()
+    with pytest.raises(jc.InputError, match="both 'w' and 'dw'"):
+        jc.check(cost, lambda p: {"w": 2 * p["w"], "dw": 4 * p["w"]}, params, jax_cost=twin)
+
+
+def test_errors_inside_user_functions_get_advice_that_fits():
+    _, grad, params, twin = _quadratic()
+    with pytest.raises(jc.InputError, match=r"params has the keys \['w'\]; cost looked up 'b1'"):
+        jc.check(lambda p: p["b1"], grad, params, jax_cost=twin)
+    with pytest.raises(jc.InputError, match="wrap the data in a closure"):
+        jc.check(lambda X, Y, p: 1.0, grad, params, jax_cost=twin)
+    with pytest.raises(jc.InputError, match=r"raised ZeroDivisionError: .* The error is in grad"):
+        jc.check(lambda p: float(np.sum(p["w"] ** 2)), lambda p: 1 / 0, params, jax_cost=twin)
