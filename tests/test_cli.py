@@ -75,6 +75,12 @@ def wrong_twin(p):
     return 2 * jax_cost(p)
 
 
+def cost_inplace(p):
+    Z = p["W1"] @ X + p["b1"]
+    Z[Z < 0] = 0
+    return float(np.sum(Z))
+
+
 ANSWER = 42
 """
 
@@ -215,7 +221,7 @@ def test_missing_function_lists_the_functions_defined(project: Path) -> None:
     assert result.returncode == 2
     assert (
         f"jaxcheck: error: no function 'cst' in {project / 'model.py'} "
-        "(it defines: cost, grad, grad_buggy, jax_cost, wrong_twin)"
+        "(it defines: cost, cost_inplace, grad, grad_buggy, jax_cost, wrong_twin)"
     ) in result.stderr
 
 
@@ -257,6 +263,22 @@ def test_jaxcheck_errors_are_input_problems_not_verdicts(project: Path) -> None:
     result = run(*args)
     assert result.returncode == 2
     assert "jaxcheck: error: ReimplementationError: the JAX twin (given)" in result.stderr
+
+
+def test_port_errors_give_the_command_line_advice(project: Path) -> None:
+    model = project / "model.py"
+    result = run(
+        "check",
+        f"{model}:cost_inplace",
+        "--grad",
+        f"{model}:grad",
+        "--params",
+        project / "params.npz",
+        "--no-progress",
+    )
+    assert result.returncode == 2
+    assert "PortError" in result.stderr and "Z[Z < 0] = 0" in result.stderr
+    assert "--jax-cost path/to/file.py:function" in result.stderr
 
 
 # In-process: argparse and the loaders, without starting another interpreter.
