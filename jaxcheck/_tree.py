@@ -225,7 +225,8 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
     Raises:
         InputError: if a leaf is missing, has the wrong shape, or is not numeric.
     """
-    if isinstance(grads, tuple) and len(grads) == 2 and not isinstance(leaves.fresh(), tuple):
+    params_is_tuple = isinstance(leaves.unflatten([None] * len(leaves.paths)), tuple)
+    if isinstance(grads, tuple) and len(grads) == 2 and not params_is_tuple:
         # Allow (grads, cache)-style returns only when params itself is not a 2-tuple.
         first = grads[0]
         if isinstance(first, (Mapping, list)):

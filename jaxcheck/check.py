@@ -277,7 +277,6 @@ class _LeafWork:
     probe: fdiff.LeafProbe
     evaluation: fdiff.Evaluation | None = None
     opinions: vd.Opinions | None = None
-    step: float = 0.0
 
 
 def check(
@@ -506,7 +505,8 @@ def _refine(
             coords = _take_padded(probe.coords, picked, size)
             theta = prep.leaves64[work.index]
             x = theta.reshape(-1)[coords]
-            h = 2 * (work.evaluation.step_up + work.evaluation.step_down) / 2
+            # The doubled step: (θ + h) − θ plus θ − (θ − h) is 2h as represented.
+            h = work.evaluation.step_up + work.evaluation.step_down
             h = _take_padded(h, picked, size)
             new = fdiff.LeafProbe(work.index, "coordinate", size, coords, (x + h) - x, x - (x - h))
         else:
