@@ -409,9 +409,9 @@ def check(
     return Report(
         ok=ok,
         leaves=reports,
-        difference_fd=vd.seed_difference(bp_probe, fd_probe),
-        difference_autodiff=vd.seed_difference(np.concatenate(bp_all), np.concatenate(ad_all)),
-        difference_fd_autodiff=vd.seed_difference(fd_probe, ad_probe),
+        difference_fd=vd.relative_difference(bp_probe, fd_probe),
+        difference_autodiff=vd.relative_difference(np.concatenate(bp_all), np.concatenate(ad_all)),
+        difference_fd_autodiff=vd.relative_difference(fd_probe, ad_probe),
         cost_mismatch=prep.cost_mismatch,
         cost=prep.cost,
         method=method,
@@ -607,8 +607,8 @@ def _leaf_report(
         ratio = float(bp @ ad) / ad_norm2
     if op is not None:
         finite, ad_p, bp_p = op.finite, op.autodiff, op.backprop
-        diff_fd = vd.seed_difference(bp_p, finite)
-        diff_fd_ad = vd.seed_difference(finite, ad_p)
+        diff_fd = vd.relative_difference(bp_p, finite)
+        diff_fd_ad = vd.relative_difference(finite, ad_p)
         denom = np.linalg.norm(finite) + np.linalg.norm(ad_p)
         fd_error = float(np.linalg.norm(op.error) / denom) if denom > 0 else 0.0
         checked = work.probe.count
@@ -628,7 +628,7 @@ def _leaf_report(
         status=status,
         ok=status != "backprop",
         difference_fd=diff_fd,
-        difference_autodiff=vd.seed_difference(bp, ad),
+        difference_autodiff=vd.relative_difference(bp, ad),
         difference_fd_autodiff=diff_fd_ad,
         fd_error=fd_error,
         ratio=ratio,

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from . import seed
+from . import lesson
 from .check import check as run_check
 from .errors import JaxcheckError
 
@@ -438,39 +438,39 @@ def _bullets(*paragraphs: str) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     del args  # The demo has no options.
     _heading("1. The classic 1-D check: J(θ) = θx at x = 2, θ = 4")
-    _write("seed.gradient_check(2, 4): one central difference with ε = 1e-7, threshold 1e-7")
-    seed.gradient_check(2, 4)
+    _write("lesson.gradient_check(2, 4): one central difference with ε = 1e-7, threshold 1e-7")
+    lesson.gradient_check(2, 4)
 
-    X, Y, params = seed.gradient_check_n_test_case()
-    cost_value, cache = seed.forward_propagation_n(X, Y, params)
+    X, Y, params = lesson.gradient_check_n_test_case()
+    cost_value, cache = lesson.forward_propagation_n(X, Y, params)
     n_params = sum(p.size for p in params.values())
 
     def cost(p: dict[str, np.ndarray]) -> tuple[float, tuple[np.ndarray, ...]]:
-        return seed.forward_propagation_n(X, Y, p)
+        return lesson.forward_propagation_n(X, Y, p)
 
     def grad_buggy(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return seed.backward_propagation_n_buggy(X, Y, seed.forward_propagation_n(X, Y, p)[1])
+        return lesson.backward_propagation_n_buggy(X, Y, lesson.forward_propagation_n(X, Y, p)[1])
 
     def grad_fixed(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return seed.backward_propagation_n(X, Y, seed.forward_propagation_n(X, Y, p)[1])
+        return lesson.backward_propagation_n(X, Y, lesson.forward_propagation_n(X, Y, p)[1])
 
     def jax_cost(p: dict[str, Any]) -> Any:
-        return seed.forward_propagation_n_jax(X, Y, p)
+        return lesson.forward_propagation_n_jax(X, Y, p)
 
-    _heading("2. The classic N-D check: seed.gradient_check_n (ε = 1e-7, threshold 1e-7)")
+    _heading("2. The classic N-D check: lesson.gradient_check_n (ε = 1e-7, threshold 1e-7)")
     _write(
         f"LINEAR→RELU→LINEAR→RELU→LINEAR→SIGMOID: {n_params} parameters, {X.shape[1]} "
         f"examples, 2×{n_params} forward passes in a Python loop."
     )
     _write("\nWith the lesson's buggy backprop (dW2 ×2, db1 ×4):")
-    classic_buggy = seed.gradient_check_n(params, grad_buggy(params), X, Y)
+    classic_buggy = lesson.gradient_check_n(params, grad_buggy(params), X, Y)
     _write("\nWith the fixed backprop:")
-    classic_fixed = seed.gradient_check_n(params, grad_fixed(params), X, Y)
+    classic_fixed = lesson.gradient_check_n(params, grad_fixed(params), X, Y)
     _write("← a false alarm: this backprop is correct (see 4).")
 
     _heading("3. jaxcheck: backprop vs finite differences vs jax.grad, per parameter")
     _write(
-        "jc.check(cost, grad, params, jax_cost=lambda p: seed.forward_propagation_n_jax(X, Y, p))"
+        "jc.check(cost, grad, params, jax_cost=lambda p: lesson.forward_propagation_n_jax(X, Y, p))"
     )
     options: dict[str, Any] = {"jax_cost": jax_cost, "progress": False}
     buggy = run_check(cost, grad_buggy, params, **options)

@@ -229,7 +229,7 @@ def _library_dirs() -> tuple[str, ...]:
 def _is_user_code(module: str, filename: str | None) -> bool:
     """Whether code of ``module`` in ``filename`` is the user's (ported) or a library's."""
     top = module.partition(".")[0]
-    if top == "jaxcheck":  # jaxcheck.seed, jaxcheck.models.*: NumPy systems under test
+    if top == "jaxcheck":  # jaxcheck.lesson, jaxcheck.models.*: NumPy systems under test
         return module != __name__
     if top in _LIBRARY_ROOTS:
         return False

@@ -147,8 +147,8 @@ def step_sweep(
             )
             fd = np.concatenate([(e.up - e.down) / (e.step_up + e.step_down) for e in evals])
             ad = np.concatenate([g.ravel()[c] for g, c in zip(gradient, coords) if c.size])
-            diff_bp.append(vd.seed_difference(bp, fd))
-            diff_ad.append(vd.seed_difference(fd, ad))
+            diff_bp.append(vd.relative_difference(bp, fd))
+            diff_ad.append(vd.relative_difference(fd, ad))
     diff_bp, diff_ad = np.array(diff_bp), np.array(diff_ad)
     finite = np.where(np.isfinite(diff_ad), diff_ad, np.inf)
     return StepSweep(

@@ -20,7 +20,7 @@ __all__ = [
     "Tolerance",
     "classify",
     "rounding_error",
-    "seed_difference",
+    "relative_difference",
     "tolerance_for",
 ]
 
@@ -99,14 +99,14 @@ def tolerance_for(dtype: np.dtype, scale: float, rtol: float | None = None) -> T
     )
 
 
-def seed_difference(a: np.ndarray, b: np.ndarray) -> float:
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     """The classic relative difference ‖a − b‖₂ / (‖a‖₂ + ‖b‖₂); 0 when both are zero.
 
     Examples:
         >>> import numpy as np
-        >>> seed_difference(np.array([2.0]), np.array([1.0]))
+        >>> relative_difference(np.array([2.0]), np.array([1.0]))
         0.333...
-        >>> seed_difference(np.zeros(3), np.zeros(3))
+        >>> relative_difference(np.zeros(3), np.zeros(3))
         0.0
     """
     a = np.asarray(a, np.float64).ravel()

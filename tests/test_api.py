@@ -77,19 +77,19 @@ def test_global_x64_setting_is_restored(x64):
 
 
 def test_step_sweep_is_v_shaped_and_reuses_one_program():
-    from jaxcheck import seed
+    from jaxcheck import lesson
 
-    X, Y, params = seed.gradient_check_n_test_case()
-    cost = lambda p: seed.forward_propagation_n(X, Y, p)  # noqa: E731
+    X, Y, params = lesson.gradient_check_n_test_case()
+    cost = lambda p: lesson.forward_propagation_n(X, Y, p)  # noqa: E731
 
     def grad(p):
-        return seed.backward_propagation_n(X, Y, seed.forward_propagation_n(X, Y, p)[1])
+        return lesson.backward_propagation_n(X, Y, lesson.forward_propagation_n(X, Y, p)[1])
 
     sweep = jc.step_sweep(
         cost,
         grad,
         params,
-        jax_cost=lambda p: seed.forward_propagation_n_jax(X, Y, p),
+        jax_cost=lambda p: lesson.forward_propagation_n_jax(X, Y, p),
         steps=[1e-11, 1e-7, 1e-5, 1e-1],
     )
     d = sweep.difference_fd

@@ -22,25 +22,25 @@ RED = to_rgba(plotting._RED)
 
 
 def _lesson_report(backward):
-    X, Y, params = seed.gradient_check_n_test_case()
+    X, Y, params = lesson.gradient_check_n_test_case()
 
     def cost(p):
-        return seed.forward_propagation_n(X, Y, p)
+        return lesson.forward_propagation_n(X, Y, p)
 
     def grad(p):
         return backward(X, Y, cost(p)[1])
 
-    return jc.check(cost, grad, params, jax_cost=lambda p: seed.forward_propagation_n_jax(X, Y, p))
+    return jc.check(cost, grad, params, jax_cost=lambda p: lesson.forward_propagation_n_jax(X, Y, p))
 
 
 @pytest.fixture(scope="module")
 def buggy() -> jc.Report:
-    return _lesson_report(seed.backward_propagation_n_buggy)
+    return _lesson_report(lesson.backward_propagation_n_buggy)
 
 
 @pytest.fixture(scope="module")
 def correct() -> jc.Report:
-    return _lesson_report(seed.backward_propagation_n)
+    return _lesson_report(lesson.backward_propagation_n)
 
 
 def _ticks(fig: Figure) -> dict[str, tuple[float, ...]]:
@@ -182,16 +182,16 @@ def test_step_sweep_marks_the_lowest_curve_and_the_default_step() -> None:
 
 
 def test_step_sweep_of_jaxcheck_plots() -> None:
-    X, Y, params = seed.gradient_check_n_test_case()
+    X, Y, params = lesson.gradient_check_n_test_case()
 
     def cost(p):
-        return seed.forward_propagation_n(X, Y, p)
+        return lesson.forward_propagation_n(X, Y, p)
 
     def grad(p):
-        return seed.backward_propagation_n_buggy(X, Y, cost(p)[1])
+        return lesson.backward_propagation_n_buggy(X, Y, cost(p)[1])
 
     def jax_cost(p):
-        return seed.forward_propagation_n_jax(X, Y, p)
+        return lesson.forward_propagation_n_jax(X, Y, p)
 
     sweep = jc.step_sweep(cost, grad, params, jax_cost=jax_cost, steps=np.logspace(-10, -2, 5))
     ax = sweep.plot().axes[0]

@@ -241,11 +241,11 @@ def test_bound_methods_and_callable_objects():
 def test_only_user_code_is_ported():
     import json
 
-    from jaxcheck import seed
+    from jaxcheck import lesson
     from jaxcheck.port import _is_user_function
 
     assert _is_user_function(nm.relu)
-    assert _is_user_function(seed.forward_propagation_n)
+    assert _is_user_function(lesson.forward_propagation_n)
     assert _is_user_function(_closure_cost)
     assert not _is_user_function(json.dumps)  # the standard library
     assert not _is_user_function(pytest.approx)  # an installed package
@@ -385,17 +385,17 @@ def test_numpy_function_names_its_counterpart():
         port(np.sum)
 
 
-# ---- The lesson's network, from jaxcheck.seed ----------------------------------------------
+# ---- The lesson's network, from jaxcheck.lesson ----------------------------------------------
 
 
 def test_seed_forward_propagation_n():
-    seed = pytest.importorskip("jaxcheck.seed")
+    lesson = pytest.importorskip("jaxcheck.lesson")
     if not hasattr(seed, "forward_propagation_n"):
-        pytest.skip("jaxcheck.seed has no forward_propagation_n yet")
-    X, Y, parameters = seed.gradient_check_n_test_case()
-    forward_propagation_n = seed.forward_propagation_n
+        pytest.skip("jaxcheck.lesson has no forward_propagation_n yet")
+    X, Y, parameters = lesson.gradient_check_n_test_case()
+    forward_propagation_n = lesson.forward_propagation_n
     cost, cache = forward_propagation_n(X, Y, parameters)
-    expected = seed.backward_propagation_n(X, Y, cache)
+    expected = lesson.backward_propagation_n(X, Y, cache)
     with jax.enable_x64(True):
         ported = port(lambda p: forward_propagation_n(X, Y, p))
         jax_cost, _ = ported(parameters)

@@ -12,22 +12,22 @@ pytest_plugins = ["pytester"]
 USER_TESTS = textwrap.dedent(
     """
     import jaxcheck as jc
-    from jaxcheck import seed
+    from jaxcheck import lesson
 
-    X, Y, PARAMS = seed.gradient_check_n_test_case()
+    X, Y, PARAMS = lesson.gradient_check_n_test_case()
 
 
     def cost(p):
-        return seed.forward_propagation_n(X, Y, p)
+        return lesson.forward_propagation_n(X, Y, p)
 
 
     def jax_cost(p):
-        return seed.forward_propagation_n_jax(X, Y, p)
+        return lesson.forward_propagation_n_jax(X, Y, p)
 
 
     def test_correct_backprop(gradcheck):
         def grad(p):
-            return seed.backward_propagation_n(X, Y, cost(p)[1])
+            return lesson.backward_propagation_n(X, Y, cost(p)[1])
 
         report = gradcheck(cost, grad, PARAMS, jax_cost=jax_cost)
         assert isinstance(report, jc.Report) and report.ok
@@ -35,7 +35,7 @@ USER_TESTS = textwrap.dedent(
 
     def test_buggy_backprop(gradcheck):
         def grad(p):
-            return seed.backward_propagation_n_buggy(X, Y, cost(p)[1])
+            return lesson.backward_propagation_n_buggy(X, Y, cost(p)[1])
 
         gradcheck(cost, grad, PARAMS, jax_cost=jax_cost)
     """

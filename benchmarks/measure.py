@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import finite_differences as fdiff
-from . import models
-from .check import check
-from .report import Report
+from jaxcheck import finite_differences as fdiff
+from jaxcheck import models
+from jaxcheck import check
+from jaxcheck import Report
 
 __all__ = [
     "SEED_EPSILON",
@@ -390,21 +390,21 @@ _LESSON_SCRIPT = textwrap.dedent(
     import json, time
     start = time.perf_counter()
     import jaxcheck as jc
-    from jaxcheck import seed
+    from jaxcheck import lesson
     imported = time.perf_counter()
-    X, Y, parameters = seed.gradient_check_n_test_case()
-    cost = lambda p: seed.forward_propagation_n(X, Y, p)
-    grad = lambda p: seed.backward_propagation_n(X, Y, seed.forward_propagation_n(X, Y, p)[1])
-    buggy = lambda p: seed.backward_propagation_n_buggy(
-        X, Y, seed.forward_propagation_n(X, Y, p)[1]
+    X, Y, parameters = lesson.gradient_check_n_test_case()
+    cost = lambda p: lesson.forward_propagation_n(X, Y, p)
+    grad = lambda p: lesson.backward_propagation_n(X, Y, lesson.forward_propagation_n(X, Y, p)[1])
+    buggy = lambda p: lesson.backward_propagation_n_buggy(
+        X, Y, lesson.forward_propagation_n(X, Y, p)[1]
     )
-    twin = lambda p: seed.forward_propagation_n_jax(X, Y, p)
+    twin = lambda p: lesson.forward_propagation_n_jax(X, Y, p)
     t0 = time.perf_counter()
     report = jc.check(cost, grad, parameters, jax_cost=twin, progress=False)
     t1 = time.perf_counter()
     bug = jc.check(cost, buggy, parameters, jax_cost=twin, progress=False)
     t2 = time.perf_counter()
-    difference = seed.gradient_check_n(parameters, grad(parameters), X, Y, print_msg=False)
+    difference = lesson.gradient_check_n(parameters, grad(parameters), X, Y, print_msg=False)
     t3 = time.perf_counter()
     print(json.dumps({
         "import_seconds": imported - start,
