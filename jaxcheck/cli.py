@@ -1,4 +1,4 @@
-"""The ``jaxcheck`` command line: ``demo``, ``check`` and ``bench``.
+"""The ``jaxcheck`` command line: ``demo`` and ``check``.
 
 ``main(argv)`` parses the arguments, runs one subcommand and returns the process's exit code.
 """
@@ -208,14 +208,6 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_run_check)
 
-    bench = commands.add_parser(
-        "bench",
-        help="run jaxcheck's benchmarks (arguments go to the benchmark script)",
-        description="Runs jaxcheck.bench.main with the remaining arguments.",
-        add_help=False,
-    )
-    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
-    bench.set_defaults(run=_run_bench)
     return parser
 
 
@@ -409,23 +401,6 @@ def _run_check(args: argparse.Namespace) -> int:
     return EXIT_CORRECT if report.ok else EXIT_WRONG
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    try:
-        bench = importlib.import_module("jaxcheck.bench")
-    except ModuleNotFoundError as err:
-        if err.name != "jaxcheck.bench":
-            raise
-        raise _UsageError(
-            "the benchmarks are not available: this installation of jaxcheck has no "
-            "jaxcheck.bench module"
-        ) from err
-    try:
-        code = bench.main(list(args.args))
-    except SystemExit as exit_:
-        return _exit_code(exit_.code)
-    return _exit_code(code)
-
-
 def _heading(title: str) -> None:
     _write(f"\n{title}\n{'=' * len(title)}")
 
@@ -549,15 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        # Everything after "bench" belongs to the benchmark, options and --help included, which
-        # argparse.REMAINDER alone does not pass through when the first one starts with "-".
-        args = argparse.Namespace(command="bench", args=argv[1:], run=_run_bench)
-    else:
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exit_:
-            return _exit_code(exit_.code)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return _exit_code(exit_.code)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
