@@ -11,9 +11,12 @@ import importlib
 import importlib.util
 import itertools
 import json
+import linecache
 import math
 import os
+import re
 import sys
+import sysconfig
 import textwrap
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -22,22 +25,47 @@ from typing import Any, TextIO
 
 import numpy as np
 
+import jaxcheck
+
 from . import lesson
 from .check import check as run_check
-from .errors import JaxcheckError
+from .errors import JaxcheckError, PortError
 
 __all__ = ["main"]
 
-#: Exit codes: the gradient is correct / wrong / the input is unusable / jaxcheck itself crashed.
-EXIT_CORRECT, EXIT_WRONG, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
+#: Exit codes: the gradient is correct / wrong / the input is unusable / jaxcheck itself crashed /
+#: interrupted (Ctrl-C).
+EXIT_CORRECT, EXIT_WRONG, EXIT_USAGE, EXIT_CRASH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 _METHODS = ("full", "sample", "directional")
 _WIDTH = 100
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_JAX_COST_ADVICE = (
+    "On the command line, pass the JAX twin as --jax-cost FILE:function (a jax.numpy function "
+    "of params that computes the same cost)."
+)
 _module_counter = itertools.count()
 
 
 class _UsageError(Exception):
-    """A problem with what the user asked for; printed as ``jaxcheck: error: ...``, exit 2."""
+    """The check could not be run: printed as ``jaxcheck: error: ...``, exit 2.
+
+    Attributes:
+        kind: the ``error.class`` of the JSON output (``"UsageError"``, ``"PortError"``, ...).
+        hint: what to do about it, or ``None``.
+    """
+
+    def __init__(self, message: str, *, kind: str = "UsageError", hint: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.hint = hint
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`_UsageError` instead of exiting."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise _UsageError(message, hint=f"see {self.prog} --help")
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,8 +79,6 @@ def _version() -> str:
 
         return version("jaxcheck")
     except PackageNotFoundError:
-        import jaxcheck
-
         return str(getattr(jaxcheck, "__version__", "unknown"))
 
 
@@ -88,19 +114,25 @@ Tells you whether your hand-written backpropagation is right, and if not, exactl
 wrong: the NumPy gradient is compared with finite differences and jax.grad of a JAX twin of the
 cost, leaf by leaf."""
 
-_CHECK_DESCRIPTION = """\
+_LOADING = """\
+Functions are named as path/to/file.py:function or package.module:function (importable from the
+current directory or PYTHONPATH). A file is imported under a name of its own, once per command;
+its directory is added to sys.path after the standard library, so it may import its sibling
+modules, but a sibling named like a standard module (random.py, copy.py, types.py) never
+replaces the standard one."""
+
+_CHECK_DESCRIPTION = f"""\
 Checks a hand-written NumPy gradient against central finite differences and jax.grad of a JAX
 twin of the cost, and says per parameter who is wrong.
 
-COST, --grad and --jax-cost name functions as path/to/file.py:function (the file's directory is
-put on sys.path while it runs, so it may import its siblings) or package.module:function
-(importable from the current directory or PYTHONPATH).
+{_LOADING}
 
 jaxcheck calls cost(params) -> float (or a tuple whose first item is the float) and
 grad(params) -> dict keyed like params (or by "d" + name, e.g. dW1). params is a dict of the
 arrays stored by name in FILE.npz (np.savez(path, W1=W1, b1=b1, ...)). The functions get params
-alone: when your forward pass also needs data (X, Y), load the data at module level in your file
-and close over it (relative paths there start from the current directory), e.g.
+alone: when your forward pass also needs data (X, Y), load the data at
+module level in your file and close over it (relative paths there start from the current
+directory), e.g.
 
     X, Y = np.load("data.npz").values()          # or build them in the module
     def cost(params): return forward(X, Y, params)[0]
@@ -110,19 +142,86 @@ and close over it (relative paths there start from the current directory), e.g.
 --jax-cost takes params as a dict of jax arrays and must compute the same cost with jax.numpy;
 without it the NumPy cost is ported to jax.numpy automatically (jaxcheck.port)."""
 
-_CHECK_EPILOG = """\
+_EPILOG = """\
 exit status:
-  0  the gradient is correct
-  1  the gradient is wrong (the report names the parameters)
-  2  the check could not be run: a usage error (unknown file or function, missing or unreadable
-     params file, bad option values) or a problem with the input that jaxcheck detected
-     (InputError, NondeterminismError, ReimplementationError, PortError); these are not a
-     verdict on the gradient, and the message on stderr says what to fix
-  3  jaxcheck crashed unexpectedly (traceback on stderr)"""
+  0    the gradient is correct
+  1    the gradient is wrong (the report names the parameters)
+  2    the check could not be run: a usage error (unknown file or function, missing or unreadable
+       .npz file, bad option values), a problem with the input that jaxcheck detected
+       (InputError, NondeterminismError, ReimplementationError, PortError), or your code called
+       sys.exit()/exit() (that would have claimed a verdict); the message on stderr says what
+       to fix. None of these is a verdict on the gradient.
+  3    jaxcheck crashed unexpectedly (traceback on stderr)
+  130  interrupted (Ctrl-C)
+
+--json: standard output holds exactly one JSON object, whatever the exit status; anything your
+code prints goes to standard error. On 0 and 1 it is the report, jaxcheck.Report.to_dict(), with
+"exit_code" added:
+  {"ok": true|false, "exit_code": 0|1, "failing": [paths], "verdict": "...", "leaves": {...}, ...}
+On 2, 3 and 130 it is
+  {"ok": null, "exit_code": 2|3|130,
+   "error": {"class": "UsageError"|"SystemExit"|"InputError"|...|"KeyboardInterrupt"|...,
+             "message": "what happened", "hint": "what to do" or null}}
+where class is the jaxcheck error (InputError, PortError, ...), UsageError for the command line
+itself, SystemExit when your code exited, or the class of the exception jaxcheck crashed with."""
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a check: method, tolerances, output."""
+    parser.add_argument(
+        "--method",
+        choices=_METHODS,
+        default="full",
+        help="finite differences on every coordinate (full, the default), on at most --samples "
+        "coordinates per parameter (sample), or along --directions random directions per "
+        "parameter (directional)",
+    )
+    parser.add_argument(
+        "--samples", type=_positive_int, metavar="N", help="coordinates per parameter (sample)"
+    )
+    parser.add_argument(
+        "--directions",
+        type=_positive_int,
+        metavar="N",
+        help="random directions per parameter (directional)",
+    )
+    parser.add_argument(
+        "--eps",
+        type=_positive_float,
+        metavar="E",
+        help="finite-difference step (default: cbrt(machine eps) * max(1, |theta|))",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=_positive_float,
+        metavar="R",
+        help="tolerance of backprop vs autodiff (default: by the gradient's dtype)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="B",
+        help="perturbations per vmapped batch (default: fit a memory budget)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the sampled coordinates and random directions (default 0)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as one JSON object instead of a table (schema below)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="never show a progress bar on stderr"
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxcheck",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,7 +242,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "check",
         help="check a hand-written gradient from your own files",
         description=_CHECK_DESCRIPTION,
-        epilog=_CHECK_EPILOG,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("cost", metavar="COST", help="the NumPy cost: FILE.py:NAME or MODULE:NAME")
@@ -158,68 +257,59 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="FN",
         help="the JAX twin of the cost (default: port the NumPy cost to jax.numpy)",
     )
-    check.add_argument(
-        "--method",
-        choices=_METHODS,
-        default="full",
-        help="finite differences on every coordinate (full, the default), on at most --samples "
-        "coordinates per parameter (sample), or along --directions random directions per "
-        "parameter (directional)",
-    )
-    check.add_argument(
-        "--samples", type=_positive_int, metavar="N", help="coordinates per parameter (sample)"
-    )
-    check.add_argument(
-        "--directions",
-        type=_positive_int,
-        metavar="N",
-        help="random directions per parameter (directional)",
-    )
-    check.add_argument(
-        "--eps",
-        type=_positive_float,
-        metavar="E",
-        help="finite-difference step (default: cbrt(machine eps) * max(1, |theta|))",
-    )
-    check.add_argument(
-        "--rtol",
-        type=_positive_float,
-        metavar="R",
-        help="tolerance of backprop vs autodiff (default: by the gradient's dtype)",
-    )
-    check.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="B",
-        help="perturbations per vmapped batch (default: fit a memory budget)",
-    )
-    check.add_argument(
-        "--seed",
-        type=_non_negative_int,
-        default=0,
-        metavar="S",
-        help="seed of the sampled coordinates and random directions (default 0)",
-    )
-    check.add_argument(
-        "--json", action="store_true", help="print the report as JSON instead of a table"
-    )
-    check.add_argument(
-        "--no-progress", action="store_true", help="never show a progress bar on stderr"
-    )
+    _add_check_options(check)
     check.set_defaults(run=_run_check)
 
     return parser
 
 
 # --------------------------------------------------------------------------------------------
-# Loading the user's functions and parameters
+# Loading the user's functions and arrays
 # --------------------------------------------------------------------------------------------
+
+
+def _under(path: str, directories: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == d or real.startswith(d.rstrip(os.sep) + os.sep) for d in directories)
+
+
+def _stdlib_dirs() -> list[str]:
+    paths = sysconfig.get_paths()
+    return [os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib") if key in paths]
+
+
+def _after_stdlib() -> int:
+    """The ``sys.path`` index just after the standard library (the end when it is not found)."""
+    stdlib = _stdlib_dirs()
+    found = [
+        i
+        for i, entry in enumerate(sys.path)
+        if "-packages" not in entry and _under(entry or os.curdir, stdlib)
+    ]
+    return found[-1] + 1 if found else len(sys.path)
+
+
+def _demote_script_directory() -> None:
+    """Moves the current directory that ``python -m`` put first on ``sys.path`` after the stdlib.
+
+    The current directory stays importable (``package.module:function`` specs need it), but a
+    ``random.py`` or ``statistics.py`` there no longer replaces the standard module for imports
+    made from now on. Called by ``python -m jaxcheck`` only; ``main`` leaves its caller's
+    ``sys.path`` alone.
+    """
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        entry = sys.path.pop(0)
+        sys.path.insert(_after_stdlib(), entry)
 
 
 @contextlib.contextmanager
 def _on_sys_path(directory: str) -> Iterator[None]:
-    """Puts ``directory`` first on ``sys.path`` for the duration, then restores ``sys.path``."""
-    sys.path.insert(0, directory)
+    """Adds ``directory`` to ``sys.path`` after the standard library, then removes it again.
+
+    After, not first: a user's ``random.py`` or ``copy.py`` must not replace the standard
+    module for anything imported while the check runs.
+    """
+    sys.path.insert(_after_stdlib(), directory)
     try:
         yield
     finally:
@@ -229,6 +319,22 @@ def _on_sys_path(directory: str) -> Iterator[None]:
 
 def _is_file_spec(target: str) -> bool:
     return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def _user_traceback(err: BaseException) -> str:
+    """The traceback of ``err`` without jaxcheck's and importlib's frames."""
+    exc = traceback.TracebackException.from_exception(err)
+    exc.stack = traceback.StackSummary.from_list(
+        [f for f in exc.stack if not _is_jaxcheck_frame(f.filename)]
+    )
+    return "".join(exc.format())
+
+
+def _stdlib_namesakes(directory: str) -> list[str]:
+    names = getattr(sys, "stdlib_module_names", frozenset())
+    with contextlib.suppress(OSError):
+        return sorted(f for f in os.listdir(directory) if f.endswith(".py") and f[:-3] in names)
+    return []
 
 
 def _load_file(path: str, spec_text: str) -> ModuleType:
@@ -247,10 +353,21 @@ def _load_file(path: str, spec_text: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as err:
         del sys.modules[name]
+        hint = None
+        namesakes = _stdlib_namesakes(os.path.dirname(path))
+        if isinstance(err, (ImportError, AttributeError)) and namesakes:
+            hint = (
+                f"{os.path.dirname(path)} holds {', '.join(namesakes)}, named like standard "
+                f"modules; jaxcheck keeps the standard library first, so an import of that "
+                f"name gets the standard module: rename your file."
+            )
         raise _UsageError(
-            f"importing {path} raised {type(err).__name__}: {err}\n"
-            + "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            f"importing {path} raised {type(err).__name__}: {err}\n{_user_traceback(err)}".rstrip(),
+            hint=hint,
         ) from err
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -271,8 +388,7 @@ def _import_module(name: str, spec_text: str) -> ModuleType:
         raise _UsageError(f"importing {name} raised ModuleNotFoundError: {err}") from err
     except Exception as err:
         raise _UsageError(
-            f"importing {name} raised {type(err).__name__}: {err}\n"
-            + "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            f"importing {name} raised {type(err).__name__}: {err}\n{_user_traceback(err)}".rstrip()
         ) from err
 
 
@@ -305,7 +421,7 @@ def _load_function(
     if _is_file_spec(target):
         path = os.path.abspath(target)
         if path not in modules:
-            if os.path.isdir(os.path.dirname(path)):
+            if os.path.isdir(os.path.dirname(path)) and os.path.dirname(path) not in sys.path:
                 stack.enter_context(_on_sys_path(os.path.dirname(path)))
             modules[path] = _load_file(path, spec_text)
         module = modules[path]
@@ -329,31 +445,168 @@ def _load_function(
     return value
 
 
-def _load_params(path: str) -> dict[str, np.ndarray]:
-    """Reads the parameter arrays of an ``.npz`` archive into a dict, in the order stored."""
+def _load_npz(path: str, what: str, advice: str) -> dict[str, np.ndarray]:
+    """Reads the arrays of an ``.npz`` archive into a dict, in the order stored."""
     if not os.path.exists(path):
-        raise _UsageError(f"no params file {path}")
-    advice = f"save the parameters by name with np.savez({path!r}, W1=W1, b1=b1, ...)"
+        raise _UsageError(f"no {what} file {path}")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as err:
         raise _UsageError(
-            f"cannot read params file {path} ({type(err).__name__}: {err}); {advice}"
+            f"cannot read {what} file {path} ({type(err).__name__}: {err}); {advice}"
         ) from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise _UsageError(f"params file {path} holds a single array, not named arrays; {advice}")
+        raise _UsageError(f"{what} file {path} holds a single array, not named arrays; {advice}")
     with archive:
         try:
             return {key: archive[key] for key in archive.files}
         except Exception as err:
             raise _UsageError(
-                f"cannot read params file {path} ({type(err).__name__}: {err}); {advice}"
+                f"cannot read {what} file {path} ({type(err).__name__}: {err}); {advice}"
             ) from err
 
 
+def _load_params(path: str) -> dict[str, np.ndarray]:
+    """Reads the parameter arrays of an ``.npz`` archive into a dict, in the order stored."""
+    advice = f"save the parameters by name with np.savez({path!r}, W1=W1, b1=b1, ...)"
+    return _load_npz(path, "params", advice)
+
+
 # --------------------------------------------------------------------------------------------
-# Subcommands
+# What happened: the user's own exits, errors, output
 # --------------------------------------------------------------------------------------------
+
+
+def _is_jaxcheck_frame(filename: str) -> bool:
+    return filename.startswith("<frozen") or _under(filename, [_PACKAGE_DIR])
+
+
+def _is_user_frame(filename: str) -> bool:
+    """Whether ``filename`` is the user's: neither jaxcheck, nor the stdlib, nor installed."""
+    if filename.startswith("<") or _is_jaxcheck_frame(filename):
+        return False
+    paths = sysconfig.get_paths()
+    libraries = [paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths]
+    return not _under(filename, [os.path.realpath(p) for p in libraries])
+
+
+def _shown(filename: str) -> str:
+    relative = os.path.relpath(filename) if os.path.isabs(filename) else filename
+    return filename if relative.startswith(os.pardir) else relative
+
+
+def _describe_exit(exit_: SystemExit) -> str:
+    """Says which of the user's files and functions called exit, where, and with what code."""
+    frames = list(traceback.extract_tb(exit_.__traceback__))
+    user = [f for f in frames if _is_user_frame(f.filename)] or [
+        f for f in frames if not _is_jaxcheck_frame(f.filename)
+    ]
+    code = exit_.code
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    meaning = {0: "that the gradient is correct", 1: "that the gradient is wrong"}
+    called = "exit" if code is None else f"exit with code {code!r}"
+    consequence = (
+        f"As jaxcheck's exit status, {status} would claim {meaning[status]}; nothing was judged."
+        if status in meaning
+        else "Nothing was judged."
+    )
+    if not user:
+        return f"the code jaxcheck ran called {called}. {consequence}"
+    entry, site = user[0], user[-1]
+    who = (
+        f"importing {_shown(entry.filename)}"
+        if entry.name == "<module>"
+        else f"{entry.name} in {_shown(entry.filename)}"
+    )
+    line = linecache.getline(site.filename, site.lineno).strip() if site.lineno else ""
+    where = f"{_shown(site.filename)}, line {site.lineno}"
+    where += "" if site.name == "<module>" else f", in {site.name}"
+    where += f": {line}" if line else ""
+    last = frames[-1]
+    if last is not site and "_sitebuiltins" not in last.filename:
+        where += f" (via {os.path.basename(last.filename)}, in {last.name})"
+    return f"{who} called {called} at {where}. {consequence}"
+
+
+_EXIT_HINT = (
+    "The code jaxcheck runs must not exit: remove the exit call, or keep script code under "
+    'if __name__ == "__main__":.'
+)
+
+
+def _in_cli_words(hint: str) -> str:
+    """Rewrites advice given for the Python API (``jax_cost=``) in the command line's flags.
+
+    Examples:
+        >>> _in_cli_words("pass jax_cost= to jc.check (a jax.numpy version of your cost)")
+        'pass --jax-cost FILE:function (a jax.numpy version of your cost)'
+        >>> _in_cli_words("make jax_cost compute the same cost as cost")
+        'make --jax-cost compute the same cost as cost'
+    """
+    hint = re.sub(r"\s+to (jc|jaxcheck)\.check\b", "", hint)
+    hint = re.sub(r"\bjax_cost=", "--jax-cost FILE:function", hint)
+    return re.sub(r"\bjax_cost\b(?!\()", "--jax-cost", hint)
+
+
+def _hint_for(err: JaxcheckError) -> str | None:
+    """The advice for a jaxcheck error, said the command line's way.
+
+    The error's ``hint`` when it has one, else advice found in its message (``jax_cost=``).
+    """
+    hint = getattr(err, "hint", None)
+    if isinstance(hint, str) and hint.strip():
+        hint = _in_cli_words(hint.strip())
+        if isinstance(err, PortError) and "--jax-cost FILE:function" not in hint:
+            hint = f"{hint} {_JAX_COST_ADVICE}"
+        return hint
+    if isinstance(err, PortError) or "jax_cost=" in str(err):
+        return _JAX_COST_ADVICE
+    return None
+
+
+def _usage_error(err: JaxcheckError) -> _UsageError:
+    """The exit-2 error for ``err``: its message, and its hint said the command line's way."""
+    if isinstance(err.__cause__, SystemExit):
+        # The library caught the user's exit; say where it was, as for an exit at import.
+        return _UsageError(_describe_exit(err.__cause__), kind="SystemExit", hint=_EXIT_HINT)
+    message = str(err)
+    hint = getattr(err, "hint", None)
+    if isinstance(hint, str) and hint.strip() and hint in message:
+        # Printed once, on its own, and in the command line's words.
+        message = message.replace(hint, "").rstrip()
+    return _UsageError(message, kind=type(err).__name__, hint=_hint_for(err))
+
+
+def _fileno(stream: TextIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Sends everything written to standard output to standard error for the duration.
+
+    ``sys.stdout`` is redirected, and when it is the process's file descriptor 1, so is that
+    descriptor: writes from C code, child processes or ``sys.__stdout__`` follow too.
+    """
+    stdout = sys.stdout
+    stdout.flush()
+    saved = None
+    if _fileno(stdout) == 1 and _fileno(sys.stderr) is not None:
+        saved = os.dup(1)
+        os.dup2(sys.stderr.fileno(), 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in {id(s): s for s in (stdout, sys.__stdout__, sys.stderr) if s}.values():
+            with contextlib.suppress(Exception):
+                stream.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _write(text: str, file: TextIO | None = None) -> None:
@@ -364,9 +617,29 @@ def _write(text: str, file: TextIO | None = None) -> None:
     except UnicodeEncodeError:
         encoding = getattr(file, "encoding", None) or "ascii"
         print(text.encode(encoding, errors="replace").decode(encoding), file=file)
+    file.flush()
 
 
-def _run_check(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------------------------
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options of ``jaxcheck.check`` from the flags."""
+    return {
+        "method": args.method,
+        "samples": args.samples,
+        "directions": args.directions,
+        "eps": args.eps,
+        "rtol": args.rtol,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "progress": False if args.no_progress else None,
+    }
+
+
+def _run_check(args: argparse.Namespace) -> Any:
     with contextlib.ExitStack() as stack:
         modules: dict[str, ModuleType] = {}
         cost = _load_function(args.cost, stack, modules)
@@ -374,31 +647,9 @@ def _run_check(args: argparse.Namespace) -> int:
         jax_cost = _load_function(args.jax_cost, stack, modules) if args.jax_cost else None
         params = _load_params(args.params)
         try:
-            report = run_check(
-                cost,
-                grad,
-                params,
-                jax_cost=jax_cost,
-                method=args.method,
-                samples=args.samples,
-                directions=args.directions,
-                eps=args.eps,
-                rtol=args.rtol,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                progress=False if args.no_progress else None,
-            )
+            return run_check(cost, grad, params, jax_cost=jax_cost, **_options(args))
         except JaxcheckError as err:
-            message = f"{type(err).__name__}: {err}"
-            if "jax_cost=" in message:
-                # The advice is written for the Python API; say it the command line's way.
-                message += (
-                    "\nOn the command line, pass the JAX twin as --jax-cost "
-                    "path/to/file.py:function."
-                )
-            raise _UsageError(message) from err
-    _write(json.dumps(report.to_dict(), indent=2) if args.json else str(report))
-    return EXIT_CORRECT if report.ok else EXIT_WRONG
+            raise _usage_error(err) from err
 
 
 def _heading(title: str) -> None:
@@ -508,6 +759,53 @@ def _exit_code(code: object) -> int:
     return 1
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
+def _fail(
+    code: int,
+    kind: str,
+    message: str,
+    hint: str | None,
+    stdout: TextIO,
+    as_json: bool,
+    *,
+    named: bool = False,
+) -> int:
+    """Reports a run that gave no verdict: on stderr, and as the JSON object with ``--json``.
+
+    ``named`` starts the message on stderr with ``kind`` (``ReimplementationError: ...``).
+    """
+    text = f"{kind}: {message}" if named else message
+    if hint:
+        # The hint ends the paragraph, or follows a traceback on a line of its own.
+        text += f"\n{hint}" if "\n" in text else f" {hint}"
+    _write(f"jaxcheck: error: {text}", sys.stderr)
+    if as_json:
+        error = {"class": kind, "message": message, "hint": hint}
+        _write(json.dumps({"ok": None, "exit_code": code, "error": error}, indent=2), stdout)
+    return code
+
+
+def _run(args: argparse.Namespace, stdout: TextIO) -> int:
+    """Runs the chosen subcommand and prints its report; returns the exit code."""
+    if args.command == "demo":
+        return args.run(args)
+    if args.json:
+        with _stdout_to_stderr():
+            report = args.run(args)
+    else:
+        report = args.run(args)
+    code = EXIT_CORRECT if report.ok else EXIT_WRONG
+    if args.json:
+        _write(json.dumps({**report.to_dict(), "exit_code": code}, indent=2), stdout)
+    else:
+        _write(str(report), stdout)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``jaxcheck`` command line.
 
@@ -516,36 +814,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit code: 0 when the gradient is correct (or the command succeeded), 1 when it is
-        wrong, 2 on a usage error or unusable input, 3 when jaxcheck crashed.
+        wrong, 2 on a usage error, unusable input or an exit called by the user's code, 3 when
+        jaxcheck crashed, 130 when interrupted. With ``--json``, standard output holds exactly
+        one JSON object whatever the code (see ``jaxcheck check --help``).
 
     Examples:
         >>> main(["check", "no/such/model.py:cost", "--grad", "x.py:g", "--params", "p.npz"])
         2
     """
-    parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(argv)
+    stdout = sys.stdout
+    parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:
+    except _UsageError as err:
+        return _fail(EXIT_USAGE, err.kind, str(err), err.hint, stdout, as_json)
+    except SystemExit as exit_:  # --help, --version
         return _exit_code(exit_.code)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return args.run(args)
+        return _run(args, stdout)
     except _UsageError as err:
-        _write(f"jaxcheck: error: {err}", sys.stderr)
-        return EXIT_USAGE
+        named = err.kind not in ("UsageError", "SystemExit")
+        return _fail(EXIT_USAGE, err.kind, str(err), err.hint, stdout, as_json, named=named)
+    except SystemExit as exit_:
+        # jaxcheck itself never exits here: the user's code did, and its code is no verdict.
+        return _fail(EXIT_USAGE, "SystemExit", _describe_exit(exit_), _EXIT_HINT, stdout, as_json)
     except KeyboardInterrupt:
-        _write("jaxcheck: interrupted", sys.stderr)
-        return 130
-    except Exception as err:
+        return _fail(EXIT_INTERRUPTED, "KeyboardInterrupt", "interrupted", None, stdout, as_json)
+    except BaseException as err:
         # Not exit 1, which means "the gradient is wrong".
         traceback.print_exc()
-        _write(
-            f"jaxcheck: error: {args.command} crashed with {type(err).__name__}: {err}. If your "
-            f"cost, grad and JAX twin run fine on their own, this is a bug in jaxcheck; please "
-            f"report it with the traceback above.",
-            sys.stderr,
+        message = f"{args.command} crashed with {type(err).__name__}: {err}"
+        hint = (
+            "If your functions run fine on their own, this is a bug in jaxcheck; please report "
+            "it with the traceback above."
         )
-        return EXIT_CRASH
+        return _fail(EXIT_CRASH, type(err).__name__, message, hint, stdout, as_json)

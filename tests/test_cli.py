@@ -9,10 +9,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+import jaxcheck
 from jaxcheck import cli
 
 # A user's project: a two-layer tanh/sigmoid network whose data live at module level, so that
@@ -83,15 +85,116 @@ def cost_inplace(p):
 ANSWER = 42
 """
 
+# A one-parameter model that prints everywhere and exits in various ways.
+SINE = """\
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+X = np.array([0.5, -1.0, 2.0])
+print("printed at import")
+os.write(1, b"written to file descriptor 1 at import\\n")
+
+
+def cost(p):
+    print("printed in cost")
+    return float(np.sum(np.sin(X * p["w"])))
+
+
+def grad(p):
+    print("printed in grad")
+    return {"w": X * np.cos(X * p["w"])}
+
+
+def jax_cost(p):
+    print("printed in jax_cost")
+    return jnp.sum(jnp.sin(X * p["w"]))
+
+
+def cost_exits(p):
+    sys.exit(0)
+
+
+def _give_up():
+    raise SystemExit(1)
+
+
+def grad_exits(p):
+    _give_up()
+
+
+def grad_quits(p):
+    exit()
+
+
+def twin_exits(p):
+    sys.exit("the twin gave up")
+"""
+
+# A model that imports the standard statistics module and a sibling module of its own.
+STATISTICAL = """\
+import statistics
+
+import jax.numpy as jnp
+import numpy as np
+from helpers import act
+
+X = np.array([0.5, -1.0, 2.0])
+SCALE = statistics.fmean([1.0, 3.0])
+
+
+def cost(p):
+    return float(SCALE * np.sum(act(X * p["w"])))
+
+
+def grad(p):
+    return {"w": SCALE * X * (1 - np.tanh(X * p["w"]) ** 2)}
+
+
+def jax_cost(p):
+    return SCALE * jnp.sum(jnp.tanh(X * p["w"]))
+"""
+
+# What the installed `jaxcheck` script does; unlike python -m, it keeps the cwd off sys.path.
+SCRIPT = """\
+import sys
+
+from jaxcheck.cli import main
+
+sys.exit(main())
+"""
+
+
+def write_project(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def shadows(*modules: str) -> dict[str, str]:
+    """Files named like standard modules that break any run that imports them."""
+    return {
+        f"{m}.py": f"raise RuntimeError('the user file {m}.py was imported')\n" for m in modules
+    }
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    (root / "helpers.py").write_text(HELPERS)
-    (root / "model.py").write_text(MODEL)
-    (root / "netpkg").mkdir()
-    (root / "netpkg" / "__init__.py").write_text("")
-    (root / "netpkg" / "net.py").write_text(MODEL)
+    root = write_project(
+        tmp_path_factory.mktemp("project"),
+        {
+            "helpers.py": HELPERS,
+            "model.py": MODEL,
+            "netpkg/__init__.py": "",
+            "netpkg/net.py": MODEL,
+            "sine.py": SINE,
+            "exit_at_import.py": "import sys\n\nsys.exit(0)\n",
+        },
+    )
     rng = np.random.default_rng(1)
     np.savez(
         root / "params.npz",
@@ -100,17 +203,25 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         W2=rng.standard_normal((1, 4)),
         b2=rng.standard_normal((1, 1)),
     )
+    np.savez(root / "w.npz", w=np.array([0.3, -0.7, 1.1]))
     (root / "corrupt.npz").write_bytes(b"this is not a zip archive")
     np.save(root / "single.npy", np.ones(3))
     return root
 
 
-def run(*args: str | Path, cwd: Path | None = None, pythonpath: Path | None = None):
+def run(
+    *args: str | Path,
+    cwd: Path | None = None,
+    pythonpath: Path | None = None,
+    script: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``python -m jaxcheck ARGS``, or ``python SCRIPT ARGS`` (the installed-script way)."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    command = [str(script)] if script is not None else ["-m", "jaxcheck"]
     return subprocess.run(
-        [sys.executable, "-m", "jaxcheck", *map(str, args)],
+        [sys.executable, *command, *map(str, args)],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -136,6 +247,35 @@ def check_args(project: Path, grad: str = "grad", *extra: str) -> list[str]:
     ]
 
 
+def sine_args(project: Path, cost: str = "cost", grad: str = "grad", twin: str = "jax_cost"):
+    sine = project / "sine.py"
+    return [
+        "check",
+        f"{sine}:{cost}",
+        "--grad",
+        f"{sine}:{grad}",
+        "--jax-cost",
+        f"{sine}:{twin}",
+        "--params",
+        str(project / "w.npz"),
+        "--no-progress",
+    ]
+
+
+def one_json_object(text: str) -> dict[str, Any]:
+    """Parses ``text`` as exactly one JSON object (json.loads rejects anything after it)."""
+    value = json.loads(text)
+    assert isinstance(value, dict)
+    return value
+
+
+def raising(error: BaseException):
+    def check(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return check
+
+
 # --------------------------------------------------------------------------------------------
 # Verdicts: exit 0 for a correct gradient, 1 for a wrong one
 # --------------------------------------------------------------------------------------------
@@ -158,8 +298,9 @@ def test_wrong_gradient_exits_1_and_names_the_leaf(project: Path) -> None:
 def test_json_report_of_a_wrong_gradient(project: Path) -> None:
     result = run(*check_args(project, "grad_buggy", "--json"))
     assert result.returncode == 1, result.stderr
-    report = json.loads(result.stdout)
+    report = one_json_object(result.stdout)
     assert report["ok"] is False
+    assert report["exit_code"] == 1
     assert report["failing"] == ["b1"]
     assert report["leaves"]["b1"]["ratio"] == pytest.approx(3.0)
 
@@ -183,8 +324,9 @@ def test_module_specs_from_pythonpath_and_json(project: Path, tmp_path: Path) ->
         pythonpath=project,
     )
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = one_json_object(result.stdout)
     assert report["ok"] is True
+    assert report["exit_code"] == 0
     assert report["failing"] == []
     assert report["method"] == "sample"
 
@@ -197,6 +339,175 @@ def test_the_cost_is_ported_when_no_twin_is_given(project: Path) -> None:
     result = run("check", f"{model}:cost", "--grad", f"{model}:grad", "--params", params)
     assert result.returncode == 0, result.stderr
     assert "ported JAX twin" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# --json: standard output holds the one JSON object and nothing else
+# --------------------------------------------------------------------------------------------
+
+
+def test_json_stdout_holds_only_the_report_whatever_the_user_prints(project: Path) -> None:
+    result = run(*sine_args(project), "--json")
+    assert result.returncode == 0, result.stderr
+    assert one_json_object(result.stdout)["ok"] is True
+    for printed in ("at import", "file descriptor 1", "in cost", "in grad", "in jax_cost"):
+        assert printed in result.stderr
+
+
+def test_what_the_user_prints_stays_on_stdout_without_json(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(sine_args(project)) == 0
+    out = capsys.readouterr().out
+    assert "printed in cost" in out and "Gradient correct" in out
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "kind", "words"),
+    [
+        ({"cost": "nowhere"}, 2, "UsageError", "no file"),
+        ({"extra": ["--method", "fastest"]}, 2, "UsageError", "invalid choice: 'fastest'"),
+        ({"twin": "wrong_twin"}, 2, "ReimplementationError", "does not compute the NumPy cost"),
+        ({"check": RuntimeError("boom")}, 3, "RuntimeError", "crashed with RuntimeError: boom"),
+        ({"check": KeyboardInterrupt()}, 130, "KeyboardInterrupt", "interrupted"),
+    ],
+    ids=["usage", "argparse", "jaxcheck-error", "crash", "ctrl-c"],
+)
+def test_json_on_every_exit(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, Any],
+    code: int,
+    kind: str,
+    words: str,
+) -> None:
+    args = check_args(project, "grad", *change.get("extra", []), "--json")
+    if "cost" in change:
+        args[1] = f"{project / change['cost']}.py:cost"
+    if "twin" in change:
+        args[args.index("--jax-cost") + 1] = f"{project / 'model.py'}:{change['twin']}"
+    if "check" in change:
+        monkeypatch.setattr(cli, "run_check", raising(change["check"]))
+    assert cli.main(args) == code
+    captured = capsys.readouterr()
+    result = one_json_object(captured.out)
+    assert result["ok"] is None and result["exit_code"] == code
+    assert set(result["error"]) == {"class", "message", "hint"}
+    assert result["error"]["class"] == kind
+    assert words in result["error"]["message"]
+    assert words in captured.err
+
+
+def test_the_json_schema_is_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert '"exit_code"' in out and '"error": {"class"' in out and "130" in out
+
+
+# --------------------------------------------------------------------------------------------
+# The user's code may not decide the exit status
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_exit_at_import_is_a_usage_error_not_a_verdict(project: Path) -> None:
+    args = check_args(project)
+    args[1] = f"{project / 'exit_at_import.py'}:cost"
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert "importing" in result.stderr and "exit_at_import.py" in result.stderr
+    assert (
+        "sys.exit(0)" in result.stderr
+        and "would claim that the gradient is correct" in result.stderr
+    )
+    assert result.stdout == ""
+
+
+def test_exit_in_grad_is_a_usage_error_with_json(project: Path) -> None:
+    result = run(*sine_args(project, grad="grad_quits"), "--json")
+    assert result.returncode == 2, result.stderr
+    report = one_json_object(result.stdout)
+    assert report["exit_code"] == 2
+    assert "grad_quits" in report["error"]["message"] and "exit()" in report["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"cost": "cost_exits"}, ["cost_exits", "sys.exit(0)", "code 0"]),
+        ({"grad": "grad_exits"}, ["grad_exits", "in _give_up", "raise SystemExit(1)"]),
+        ({"twin": "twin_exits"}, ["twin_exits", "'the twin gave up'"]),
+    ],
+    ids=["cost", "grad", "jax_cost"],
+)
+def test_an_exit_inside_the_functions_is_a_usage_error(
+    project: Path, capsys: pytest.CaptureFixture[str], change: dict[str, str], words: list[str]
+) -> None:
+    assert cli.main(sine_args(project, **change)) == 2
+    err = capsys.readouterr().err
+    assert "sine.py" in err
+    for word in words:
+        assert word in err
+
+
+# --------------------------------------------------------------------------------------------
+# User files named like standard modules
+# --------------------------------------------------------------------------------------------
+
+
+def test_stdlib_namesakes_in_the_cwd_and_beside_the_model(tmp_path: Path) -> None:
+    namesakes = shadows("random", "copy", "types", "statistics")
+    cwd = write_project(tmp_path / "cwd", namesakes)
+    model = write_project(
+        tmp_path / "model", {**namesakes, "helpers.py": HELPERS, "stats.py": STATISTICAL}
+    )
+    np.savez(model / "w.npz", w=np.array([0.3, -0.7, 1.1]))
+    script = write_project(tmp_path / "bin", {"jaxcheck_script.py": SCRIPT}) / "jaxcheck_script.py"
+    stats = "../model/stats.py"
+    result = run(
+        "check",
+        f"{stats}:cost",
+        "--grad",
+        f"{stats}:grad",
+        "--jax-cost",
+        f"{stats}:jax_cost",
+        "--params",
+        "../model/w.npz",
+        cwd=cwd,
+        script=script,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Gradient correct" in result.stdout
+
+
+def test_python_m_keeps_the_cwd_importable_but_behind_the_stdlib(tmp_path: Path) -> None:
+    cwd = write_project(
+        tmp_path, {**shadows("statistics"), "helpers.py": HELPERS, "stats.py": STATISTICAL}
+    )
+    np.savez(cwd / "w.npz", w=np.array([0.3, -0.7, 1.1]))
+    result = run(
+        "check", "stats:cost", "--grad", "stats:grad", "--params", "w.npz", "--json", cwd=cwd
+    )
+    assert result.returncode == 0, result.stderr
+    assert one_json_object(result.stdout)["ok"] is True
+
+
+def test_importing_a_namesake_says_the_standard_module_wins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_project(
+        tmp_path,
+        {
+            "random.py": "def shuffled_rows(x):\n    return x\n",
+            "model.py": "from random import shuffled_rows\n\n\ndef cost(p):\n    return 0.0\n",
+        },
+    )
+    model = tmp_path / "model.py"
+    args = ["check", f"{model}:cost", "--grad", f"{model}:cost", "--params", "p.npz"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "ImportError: cannot import name 'shuffled_rows'" in err
+    assert "holds random.py, named like standard modules" in err
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,23 +524,23 @@ def test_missing_file(project: Path) -> None:
     assert result.stdout == ""
 
 
-def test_missing_function_lists_the_functions_defined(project: Path) -> None:
+def test_missing_function_lists_the_functions_defined(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = check_args(project)
     args[1] = f"{project / 'model.py'}:cst"
-    result = run(*args)
-    assert result.returncode == 2
+    assert cli.main(args) == 2
     assert (
-        f"jaxcheck: error: no function 'cst' in {project / 'model.py'} "
-        "(it defines: cost, cost_inplace, grad, grad_buggy, jax_cost, wrong_twin)"
-    ) in result.stderr
+        f"jaxcheck: error: no function 'cst' in {project / 'model.py'} (it defines: cost, "
+        "cost_inplace, grad, grad_buggy, jax_cost, wrong_twin)"
+    ) in capsys.readouterr().err
 
 
-def test_missing_module(project: Path) -> None:
+def test_missing_module(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = check_args(project)
     args[1] = "nosuchpkg.model:cost"
-    result = run(*args)
-    assert result.returncode == 2
-    assert "no module 'nosuchpkg'" in result.stderr
+    assert cli.main(args) == 2
+    assert "no module 'nosuchpkg'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -241,19 +552,19 @@ def test_missing_module(project: Path) -> None:
     ],
     ids=["missing", "corrupt", "npy"],
 )
-def test_unusable_params_file(project: Path, name: str, message: str) -> None:
+def test_unusable_params_file(
+    project: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
     args = check_args(project)
     args[args.index("--params") + 1] = str(project / name)
-    result = run(*args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert name in result.stderr
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and name in err
 
 
-def test_unknown_method(project: Path) -> None:
-    result = run(*check_args(project, "grad", "--method", "fastest"))
-    assert result.returncode == 2
-    assert "invalid choice: 'fastest'" in result.stderr
+def test_unknown_method(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(check_args(project, "grad", "--method", "fastest")) == 2
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
 
 
 def test_jaxcheck_errors_are_input_problems_not_verdicts(project: Path) -> None:
@@ -262,22 +573,64 @@ def test_jaxcheck_errors_are_input_problems_not_verdicts(project: Path) -> None:
     result = run(*args)
     assert result.returncode == 2
     assert "jaxcheck: error: ReimplementationError: the JAX twin (given)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_port_errors_give_the_command_line_advice(project: Path) -> None:
+def test_port_errors_give_the_command_line_advice(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = project / "model.py"
-    result = run(
-        "check",
-        f"{model}:cost_inplace",
-        "--grad",
-        f"{model}:grad",
-        "--params",
-        project / "params.npz",
-        "--no-progress",
-    )
-    assert result.returncode == 2
-    assert "PortError" in result.stderr and "Z[Z < 0] = 0" in result.stderr
-    assert "--jax-cost path/to/file.py:function" in result.stderr
+    args = ["check", f"{model}:cost_inplace", "--grad", f"{model}:grad"]
+    assert cli.main([*args, "--params", str(project / "params.npz"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "PortError" in err and "Z[Z < 0] = 0" in err
+    assert "--jax-cost FILE:function" in err
+    assert "Traceback" not in err
+
+
+def with_hint(error: jaxcheck.JaxcheckError, hint: str) -> jaxcheck.JaxcheckError:
+    error.hint = hint  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "hint", "absent"),
+    [
+        (
+            with_hint(jaxcheck.PortError("cannot port cost. Pass jax_cost=."), "Pass jax_cost=."),
+            "--jax-cost FILE:function",
+            "jax_cost=",
+        ),
+        (
+            with_hint(jaxcheck.InputError("grad lacks 'W1'."), "Return every leaf."),
+            "Return every leaf.",
+            "--jax-cost",
+        ),
+        (
+            jaxcheck.ReimplementationError("twin differs; pass a correct jax_cost= to jc.check."),
+            "--jax-cost FILE:function",
+            "Traceback",
+        ),
+    ],
+    ids=["port-hint", "input-hint", "text-fallback"],
+)
+def test_hints_are_said_the_command_lines_way(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: jaxcheck.JaxcheckError,
+    hint: str,
+    absent: str,
+) -> None:
+    monkeypatch.setattr(cli, "run_check", raising(error))
+    assert cli.main([*check_args(project), "--json"]) == 2
+    captured = capsys.readouterr()
+    result = one_json_object(captured.out)["error"]
+    assert result["class"] == type(error).__name__
+    assert hint in result["hint"]
+    assert captured.err.startswith(f"jaxcheck: error: {type(error).__name__}: ")
+    assert captured.err.count("\n") == 1, "one paragraph, no traceback"
+    assert hint in captured.err and absent not in captured.err
 
 
 # In-process: argparse and the loaders, without starting another interpreter.
@@ -313,6 +666,18 @@ def test_sys_path_is_restored(project: Path) -> None:
     cli.main(check_args(project, "grad", "--samples", "0"))
     cli.main(check_args(project, "grad", "--method", "sample", "--samples", "2", "--rtol", "1"))
     assert sys.path == before
+
+
+def test_crash_and_interrupt_exit_3_and_130(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "run_check", raising(ValueError("internal")))
+    assert cli.main(check_args(project)) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "check crashed with ValueError: internal" in err
+    monkeypatch.setattr(cli, "run_check", raising(KeyboardInterrupt()))
+    assert cli.main(check_args(project)) == 130
+    assert "interrupted" in capsys.readouterr().err
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -355,3 +720,4 @@ def test_module_entry_point_help() -> None:
     assert result.returncode == 0
     listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)
     assert listed == ["demo", "check"]
+    assert "bench" not in result.stdout
