@@ -1,4 +1,4 @@
-"""The ``jaxcheck`` command line: ``demo`` and ``check``.
+"""The ``jaxcheck`` command line: ``demo``, ``check`` and ``check-layer``.
 
 ``main(argv)`` parses the arguments, runs one subcommand and returns the process's exit code.
 """
@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import itertools
 import json
 import linecache
@@ -109,6 +110,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(name.isidentifier() for name in names):
+        raise argparse.ArgumentTypeError(
+            f"expected parameter names separated by commas, e.g. x,w, got {text!r}"
+        )
+    return names
+
+
 _DESCRIPTION = """\
 Tells you whether your hand-written backpropagation is right, and if not, exactly where it is
 wrong: the NumPy gradient is compared with finite differences and jax.grad of a JAX twin of the
@@ -128,9 +138,11 @@ twin of the cost, and says per parameter who is wrong.
 {_LOADING}
 
 jaxcheck calls cost(params) -> float (or a tuple whose first item is the float) and
-grad(params) -> dict keyed like params (or by "d" + name, e.g. dW1). params is a dict of the
-arrays stored by name in FILE.npz (np.savez(path, W1=W1, b1=b1, ...)). The functions get params
-alone: when your forward pass also needs data (X, Y), load the data at
+grad(params) -> dict keyed like params (or by "d" + name, e.g. dW1). Without --grad, COST must
+return (loss, grads) itself. params is a dict of the arrays stored by name in FILE.npz
+(np.savez(path, W1=W1, b1=b1, ...)); names with "/" nest, and numbered levels become lists:
+"layers/0/W", "layers/0/b", "layers/1/W" give {{"layers": [{{"W": ..., "b": ...}}, {{"W": ...}}]}}.
+The functions get params alone: when your forward pass also needs data (X, Y), load the data at
 module level in your file and close over it (relative paths there start from the current
 directory), e.g.
 
@@ -141,6 +153,17 @@ directory), e.g.
 
 --jax-cost takes params as a dict of jax arrays and must compute the same cost with jax.numpy;
 without it the NumPy cost is ported to jax.numpy automatically (jaxcheck.port)."""
+
+_CHECK_LAYER_DESCRIPTION = f"""\
+Checks the hand-written backward pass of one layer: forward(*args) -> out or (out, cache), and
+backward(dout, cache) -> the gradients of the arguments, in order (jaxcheck.check_layer).
+
+{_LOADING}
+
+--args holds the layer's arguments, saved with np.savez either as arg0, arg1, ... (positional
+order) or by forward's parameter names (np.savez("args.npz", x=x, w=w, b=b)). --dout holds the
+upstream gradient, saved with np.save; without it jaxcheck seeds one. --wrt x,w checks only
+those arguments."""
 
 _EPILOG = """\
 exit status:
@@ -167,7 +190,7 @@ itself, SystemExit when your code exited, or the class of the exception jaxcheck
 
 
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
-    """The options of a check: method, tolerances, output."""
+    """The options ``check`` and ``check-layer`` share: method, tolerances, output."""
     parser.add_argument(
         "--method",
         choices=_METHODS,
@@ -247,7 +270,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("cost", metavar="COST", help="the NumPy cost: FILE.py:NAME or MODULE:NAME")
     check.add_argument(
-        "--grad", required=True, metavar="GRAD", help="the hand-written NumPy gradient"
+        "--grad",
+        metavar="GRAD",
+        help="the hand-written NumPy gradient; omit it when COST returns (loss, grads)",
     )
     check.add_argument(
         "--params", required=True, metavar="FILE.npz", help="the parameters, saved with np.savez"
@@ -260,6 +285,34 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_check_options(check)
     check.set_defaults(run=_run_check)
 
+    layer = commands.add_parser(
+        "check-layer",
+        help="check the hand-written backward pass of one layer",
+        description=_CHECK_LAYER_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    layer.add_argument("forward", metavar="FORWARD", help="forward(*args) -> out | (out, cache)")
+    layer.add_argument(
+        "backward", metavar="BACKWARD", help="backward(dout, cache) -> grads of args, in order"
+    )
+    layer.add_argument(
+        "--args",
+        required=True,
+        metavar="FILE.npz",
+        help="the layer's arguments: arg0, arg1, ... or forward's parameter names",
+    )
+    layer.add_argument(
+        "--dout", metavar="FILE.npy", help="the upstream gradient (default: jaxcheck seeds one)"
+    )
+    layer.add_argument(
+        "--wrt",
+        type=_names,
+        metavar="NAMES",
+        help="check only these arguments, by forward's parameter names, e.g. x,w",
+    )
+    _add_check_options(layer)
+    layer.set_defaults(run=_run_check_layer)
     return parser
 
 
@@ -466,10 +519,127 @@ def _load_npz(path: str, what: str, advice: str) -> dict[str, np.ndarray]:
             ) from err
 
 
-def _load_params(path: str) -> dict[str, np.ndarray]:
-    """Reads the parameter arrays of an ``.npz`` archive into a dict, in the order stored."""
+def _nest(arrays: dict[str, np.ndarray], where: str) -> Any:
+    """Rebuilds nested params from ``/``-separated names: dicts, and lists for numbered levels.
+
+    Names without ``/`` give the flat dict as stored.
+
+    Examples:
+        >>> _nest({"layers/1/W": 2, "layers/0/W": 0, "layers/0/b": 1}, "p.npz")
+        {'layers': [{'W': 0, 'b': 1}, {'W': 2}]}
+    """
+    if not any("/" in key for key in arrays):
+        return arrays
+    tree: dict[str, Any] = {}
+    for key, value in arrays.items():
+        parts = key.split("/")
+        if "" in parts:
+            raise _UsageError(
+                f"{where}: the array name {key!r} has an empty level; name nested arrays like "
+                f"'layers/0/W'"
+            )
+        node = tree
+        for depth, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise _clash("/".join(parts[: depth + 1]), key, where)
+        if parts[-1] in node:
+            inner = next(k for k in arrays if k.startswith(key + "/"))
+            raise _clash(key, inner, where)
+        node[parts[-1]] = value
+    return _numbered_to_lists(tree, "", where)
+
+
+def _clash(array: str, inner: str, where: str) -> _UsageError:
+    return _UsageError(
+        f"{where} holds both {array!r} and {inner!r}: {array!r} cannot be an array and a group "
+        f"of arrays at once; rename one of them"
+    )
+
+
+def _numbered_to_lists(node: Any, prefix: str, where: str) -> Any:
+    if not isinstance(node, dict):
+        return node
+    items = {k: _numbered_to_lists(v, f"{prefix}{k}/", where) for k, v in node.items()}
+    if not all(key.isdecimal() for key in items):
+        return items
+    numbers = sorted(int(key) for key in items)
+    if numbers != list(range(len(numbers))) or any(str(int(k)) != k for k in items):
+        found = ", ".join(f"{prefix}{k}" for k in sorted(items, key=int))
+        raise _UsageError(
+            f"{where}: the numbered names {found} must count 0, 1, 2, ... without gaps or "
+            f"leading zeros to form a list"
+        )
+    return [items[str(i)] for i in numbers]
+
+
+def _load_params(path: str) -> Any:
+    """Reads the parameters from an ``.npz`` archive: a dict, nested where names hold ``/``."""
     advice = f"save the parameters by name with np.savez({path!r}, W1=W1, b1=b1, ...)"
-    return _load_npz(path, "params", advice)
+    return _nest(_load_npz(path, "params", advice), f"params file {path}")
+
+
+def _positional_names(fn: Callable[..., Any]) -> list[str] | None:
+    """Names of ``fn``'s positional parameters, or ``None`` when it takes ``*args``/is opaque."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in parameters if p.kind in kinds]
+
+
+def _layer_args(path: str, forward: Callable[..., Any]) -> list[Any]:
+    """Reads forward's positional arguments: ``arg0, arg1, ...`` or by parameter name."""
+    advice = f'save them with np.savez("{path}", arg0=x, arg1=w, ...) or by parameter name'
+    arrays = _nest(_load_npz(path, "args", advice), f"args file {path}")
+    if not isinstance(arrays, dict) or not arrays:
+        raise _UsageError(f"args file {path} holds no named arguments; {advice}")
+    numbered = {k: v for k, v in arrays.items() if re.fullmatch(r"arg(0|[1-9]\d*)", k)}
+    if len(numbered) == len(arrays):
+        count = len(numbered)
+        missing = [f"arg{i}" for i in range(count) if f"arg{i}" not in numbered]
+        if missing:
+            raise _UsageError(f"args file {path} has {sorted(numbered)} but not {missing}")
+        return [numbered[f"arg{i}"] for i in range(count)]
+    names = _positional_names(forward)
+    if names is None:
+        raise _UsageError(
+            f"args file {path} names arguments {list(arrays)}, but forward's parameter names "
+            f"are unknown (it takes *args); {advice}"
+        )
+    unknown = [k for k in arrays if k not in names]
+    if unknown:
+        raise _UsageError(
+            f"args file {path} holds {unknown}, which are not parameters of forward "
+            f"({', '.join(names)}); name the arrays arg0, arg1, ... or by parameter name"
+        )
+    count = 1 + max(names.index(k) for k in arrays)
+    missing = [name for name in names[:count] if name not in arrays]
+    if missing:
+        raise _UsageError(
+            f"args file {path} lacks {missing}: forward's arguments are passed by position, so "
+            f"every parameter before {names[count - 1]!r} needs an array"
+        )
+    return [arrays[name] for name in names[:count]]
+
+
+def _load_dout(path: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise _UsageError(f"no dout file {path}")
+    try:
+        value = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise _UsageError(f"cannot read dout file {path} ({type(err).__name__}: {err})") from err
+    if not isinstance(value, np.ndarray):
+        value.close()
+        raise _UsageError(
+            f"dout file {path} holds named arrays; save the single upstream gradient with "
+            f"np.save({path!r}, dout)"
+        )
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,7 +796,7 @@ def _write(text: str, file: TextIO | None = None) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword options of ``jaxcheck.check`` from the flags."""
+    """The keyword options of ``jaxcheck.check`` and ``jaxcheck.check_layer`` from the flags."""
     return {
         "method": args.method,
         "samples": args.samples,
@@ -643,11 +813,40 @@ def _run_check(args: argparse.Namespace) -> Any:
     with contextlib.ExitStack() as stack:
         modules: dict[str, ModuleType] = {}
         cost = _load_function(args.cost, stack, modules)
-        grad = _load_function(args.grad, stack, modules)
+        grad = _load_function(args.grad, stack, modules) if args.grad else None
         jax_cost = _load_function(args.jax_cost, stack, modules) if args.jax_cost else None
         params = _load_params(args.params)
         try:
             return run_check(cost, grad, params, jax_cost=jax_cost, **_options(args))
+        except JaxcheckError as err:
+            raise _usage_error(err) from err
+
+
+def _run_check_layer(args: argparse.Namespace) -> Any:
+    check_layer = getattr(jaxcheck, "check_layer", None)
+    if check_layer is None:
+        raise _UsageError(
+            f"check-layer needs jaxcheck.check_layer, which is unavailable in this installation "
+            f"of jaxcheck ({_version()})",
+            hint="upgrade jaxcheck, or check the layer through a cost with jaxcheck check",
+        )
+    with contextlib.ExitStack() as stack:
+        modules: dict[str, ModuleType] = {}
+        forward = _load_function(args.forward, stack, modules)
+        backward = _load_function(args.backward, stack, modules)
+        layer_args = _layer_args(args.args, forward)
+        names = _positional_names(forward)
+        unknown = [n for n in args.wrt or () if names is not None and n not in names]
+        if unknown:
+            raise _UsageError(
+                f"--wrt {','.join(args.wrt)}: {unknown} are not parameters of forward "
+                f"({', '.join(names or [])})"
+            )
+        dout = _load_dout(args.dout) if args.dout else None
+        try:
+            return check_layer(
+                forward, backward, *layer_args, dout=dout, wrt=args.wrt, **_options(args)
+            )
         except JaxcheckError as err:
             raise _usage_error(err) from err
 

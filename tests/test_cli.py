@@ -66,6 +66,10 @@ def grad_buggy(p):
     return g
 
 
+def cost_and_grad(p):
+    return cost(p), grad(p)
+
+
 def jax_cost(p):
     A1 = jnp.tanh(p["W1"] @ X + p["b1"])
     A2 = 1 / (1 + jnp.exp(-(p["W2"] @ A1 + p["b2"])))
@@ -133,6 +137,61 @@ def twin_exits(p):
     sys.exit("the twin gave up")
 """
 
+# Nested parameters, saved as layers/0/W, layers/0/b, layers/1/W, layers/1/b.
+NESTED = """\
+import jax.numpy as jnp
+import numpy as np
+
+X = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+
+
+def _activations(p, xp):
+    A = [X]
+    for layer in p["layers"]:
+        A.append(xp.tanh(layer["W"] @ A[-1] + layer["b"]))
+    return A
+
+
+def cost(p):
+    return float(np.sum(_activations(p, np)[-1] ** 2))
+
+
+def jax_cost(p):
+    return jnp.sum(_activations(p, jnp)[-1] ** 2)
+
+
+def grad(p):
+    A = _activations(p, np)
+    dA = 2 * A[-1]
+    grads = []
+    for i in reversed(range(len(p["layers"]))):
+        dZ = dA * (1 - A[i + 1] ** 2)
+        grads.append({"W": dZ @ A[i].T, "b": dZ.sum(axis=1, keepdims=True)})
+        dA = p["layers"][i]["W"].T @ dZ
+    return {"layers": grads[::-1]}
+"""
+
+# One dense layer for check-layer: forward(x, w, b) -> (out, cache), backward(dout, cache).
+LAYER = """\
+import numpy as np
+
+
+def forward(x, w, b):
+    out = np.tanh(x @ w + b)
+    return out, (x, w, out)
+
+
+def backward(dout, cache):
+    x, w, out = cache
+    dz = dout * (1 - out**2)
+    return dz @ w.T, x.T @ dz, dz.sum(axis=0)
+
+
+def backward_buggy(dout, cache):
+    dx, dw, db = backward(dout, cache)
+    return dx, 2 * dw, db
+"""
+
 # A model that imports the standard statistics module and a sibling module of its own.
 STATISTICAL = """\
 import statistics
@@ -193,6 +252,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "netpkg/net.py": MODEL,
             "sine.py": SINE,
             "exit_at_import.py": "import sys\n\nsys.exit(0)\n",
+            "nested.py": NESTED,
+            "layer.py": LAYER,
         },
     )
     rng = np.random.default_rng(1)
@@ -204,6 +265,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         b2=rng.standard_normal((1, 1)),
     )
     np.savez(root / "w.npz", w=np.array([0.3, -0.7, 1.1]))
+    nested = {
+        "layers/0/W": rng.standard_normal((3, 2)),
+        "layers/0/b": rng.standard_normal((3, 1)),
+        "layers/1/W": rng.standard_normal((1, 3)),
+        "layers/1/b": rng.standard_normal((1, 1)),
+    }
+    np.savez(root / "nested.npz", **nested)
     (root / "corrupt.npz").write_bytes(b"this is not a zip archive")
     np.save(root / "single.npy", np.ones(3))
     return root
@@ -274,6 +342,19 @@ def raising(error: BaseException):
         raise error
 
     return check
+
+
+class FakeReport:
+    """Stands in for jaxcheck.Report where only the command line's plumbing is tested."""
+
+    def __init__(self, ok: bool) -> None:
+        self.ok = ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failing": [] if self.ok else ["w"]}
+
+    def __str__(self) -> str:
+        return f"fake report, ok={self.ok}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,7 +613,7 @@ def test_missing_function_lists_the_functions_defined(
     assert cli.main(args) == 2
     assert (
         f"jaxcheck: error: no function 'cst' in {project / 'model.py'} (it defines: cost, "
-        "cost_inplace, grad, grad_buggy, jax_cost, wrong_twin)"
+        "cost_and_grad, cost_inplace, grad, grad_buggy, jax_cost, wrong_twin)"
     ) in capsys.readouterr().err
 
 
@@ -695,6 +776,185 @@ def test_bench_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Nested params, and COST returning (loss, grads)
+# --------------------------------------------------------------------------------------------
+
+
+def test_nested_params_from_slashed_names(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nested = project / "nested.py"
+    args = ["check", f"{nested}:cost", "--grad", f"{nested}:grad", "--jax-cost"]
+    args += [f"{nested}:jax_cost", "--params", str(project / "nested.npz"), "--json"]
+    assert cli.main(args) == 0
+    report = one_json_object(capsys.readouterr().out)
+    assert set(report["leaves"]) == {"layers/0/W", "layers/0/b", "layers/1/W", "layers/1/b"}
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a", "a/b"], "holds both 'a' and 'a/b'"),
+        (["a/b", "a"], "holds both 'a' and 'a/b'"),
+        (["layers/0/W", "layers/2/W"], "layers/0, layers/2 must count 0, 1, 2"),
+        (["layers/00/W"], "without gaps or leading zeros"),
+        (["a//b"], "empty level"),
+    ],
+    ids=["array-then-group", "group-then-array", "gap", "leading-zero", "empty"],
+)
+def test_inconsistent_nested_names(
+    project: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    names: list[str],
+    message: str,
+) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{name: np.ones(2) for name in names})
+    args = check_args(project)
+    args[args.index("--params") + 1] = str(path)
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_without_grad_cost_returns_loss_and_grads(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = {}
+
+    def fake_check(cost: Any, grad: Any, params: Any, **options: Any) -> FakeReport:
+        seen.update(cost=cost, grad=grad, params=params)
+        return FakeReport(ok=False)
+
+    monkeypatch.setattr(cli, "run_check", fake_check)
+    args = check_args(project, "grad")
+    del args[2:4]  # --grad GRAD
+    args[1] = f"{project / 'model.py'}:cost_and_grad"
+    assert cli.main(args) == 1
+    assert seen["grad"] is None and seen["cost"].__name__ == "cost_and_grad"
+    assert sorted(seen["params"]) == ["W1", "W2", "b1", "b2"]
+    assert "fake report, ok=False" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(strict=False, reason="needs jc.check(fn, None, params)")
+def test_without_grad_end_to_end(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = check_args(project, "grad", "--json")
+    del args[2:4]
+    args[1] = f"{project / 'model.py'}:cost_and_grad"
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert one_json_object(capsys.readouterr().out)["ok"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# check-layer
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layer_files(project: Path, tmp_path: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(2)
+    x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+    np.savez(tmp_path / "named.npz", b=b, x=x, w=w)  # not in forward's order
+    np.savez(tmp_path / "numbered.npz", arg2=b, arg0=x, arg1=w)
+    np.save(tmp_path / "dout.npy", rng.standard_normal((4, 2)))
+    return {"layer": project / "layer.py", "dir": tmp_path}
+
+
+def layer_args(files: dict[str, Path], args: str = "named.npz", *extra: str) -> list[str]:
+    layer = files["layer"]
+    return [
+        "check-layer",
+        f"{layer}:forward",
+        f"{layer}:backward",
+        "--args",
+        str(files["dir"] / args),
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def fake_check_layer(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+
+    def check_layer(forward: Any, backward: Any, *args: Any, **options: Any) -> FakeReport:
+        calls.append({"forward": forward, "backward": backward, "args": args, **options})
+        return FakeReport(ok=len(calls) == 1)
+
+    monkeypatch.setattr(jaxcheck, "check_layer", check_layer, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("archive", ["named.npz", "numbered.npz"])
+def test_check_layer_passes_the_arguments_in_order(
+    layer_files: dict[str, Path],
+    fake_check_layer: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    archive: str,
+) -> None:
+    dout = str(layer_files["dir"] / "dout.npy")
+    extra = ["--dout", dout, "--wrt", "x,w", "--method", "sample", "--json"]
+    assert cli.main(layer_args(layer_files, archive, *extra)) == 0
+    assert one_json_object(capsys.readouterr().out)["exit_code"] == 0
+    (call,) = fake_check_layer
+    assert [a.shape for a in call["args"]] == [(4, 3), (3, 2), (2,)]
+    assert call["dout"].shape == (4, 2) and call["wrt"] == ("x", "w")
+    assert call["method"] == "sample" and call["forward"].__name__ == "forward"
+    assert cli.main(layer_args(layer_files, archive)) == 1
+    assert fake_check_layer[1]["dout"] is None and fake_check_layer[1]["wrt"] is None
+
+
+@pytest.mark.parametrize(
+    ("names", "extra", "message"),
+    [
+        (["x", "bias"], [], "['bias'], which are not parameters of forward (x, w, b)"),
+        (["x", "b"], [], "lacks ['w']"),
+        (["arg0", "arg2"], [], "not ['arg1']"),
+        (["x", "w"], ["--wrt", "x,v"], "['v'] are not parameters of forward"),
+    ],
+    ids=["unknown-name", "gap-in-names", "gap-in-numbers", "unknown-wrt"],
+)
+def test_check_layer_argument_errors(
+    layer_files: dict[str, Path],
+    fake_check_layer: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    names: list[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    np.savez(layer_files["dir"] / "bad.npz", **{name: np.ones(2) for name in names})
+    assert cli.main(layer_args(layer_files, "bad.npz", *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert fake_check_layer == []
+
+
+def test_check_layer_unavailable_is_a_usage_error(
+    layer_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delattr(jaxcheck, "check_layer", raising=False)
+    assert cli.main([*layer_args(layer_files), "--json"]) == 2
+    error = one_json_object(capsys.readouterr().out)["error"]
+    assert "check_layer" in error["message"] and "unavailable" in error["message"]
+
+
+@pytest.mark.xfail(
+    not hasattr(jaxcheck, "check_layer"), reason="needs jc.check_layer", strict=False
+)
+@pytest.mark.parametrize(("backward", "code"), [("backward", 0), ("backward_buggy", 1)])
+def test_check_layer_end_to_end(
+    layer_files: dict[str, Path], capsys: pytest.CaptureFixture[str], backward: str, code: int
+) -> None:
+    args = layer_args(layer_files, "named.npz", "--json")
+    args[2] = f"{layer_files['layer']}:{backward}"
+    assert cli.main(args) == code, capsys.readouterr().err
+    report = one_json_object(capsys.readouterr().out)
+    assert report["exit_code"] == code
+    assert report["failing"] == ([] if code == 0 else ["w"])
+
+
+# --------------------------------------------------------------------------------------------
 # The demo
 # --------------------------------------------------------------------------------------------
 
@@ -719,5 +979,5 @@ def test_module_entry_point_help() -> None:
     result = run("--help")
     assert result.returncode == 0
     listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)
-    assert listed == ["demo", "check"]
+    assert listed == ["demo", "check", "check-layer"]
     assert "bench" not in result.stdout
