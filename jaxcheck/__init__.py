@@ -10,14 +10,17 @@ from .check import check as check
 from .errors import GradientError as GradientError
 from .errors import InputError as InputError
 from .errors import JaxcheckError as JaxcheckError
+from .errors import MissingDependencyError as MissingDependencyError
 from .errors import NondeterminismError as NondeterminismError
 from .errors import PortError as PortError
 from .errors import ReimplementationError as ReimplementationError
+from .errors import UserCodeError as UserCodeError
 from .port import port as port
 from .report import LeafReport as LeafReport
 from .report import Report as Report
 from .sweep import StepSweep as StepSweep
 from .sweep import step_sweep as step_sweep
+from .verdict import Status as Status
 
 __version__ = "0.1.0"
 
@@ -26,11 +29,14 @@ __all__ = [
     "InputError",
     "JaxcheckError",
     "LeafReport",
+    "MissingDependencyError",
     "NondeterminismError",
     "PortError",
     "ReimplementationError",
     "Report",
+    "Status",
     "StepSweep",
+    "UserCodeError",
     "assert_gradients",
     "check",
     "port",

@@ -61,7 +61,7 @@ class _Slab:
         return lax.dynamic_index_in_dim(self.base, self.index, self.axis, keepdims=False)
 
 
-def _bind(primitive: Any, ins: Sequence[Any], params: dict[str, Any]) -> list[Any]:
+def bind(primitive: Any, ins: Sequence[Any], params: dict[str, Any]) -> list[Any]:
     bind_params = primitive.get_bind_params(params)
     subfuns: list[Any] = []
     if isinstance(bind_params, tuple):  # jax < 0.8 returns (subfuns, params)
@@ -88,7 +88,7 @@ def _elementwise(primitive: Any, ins: list[Any], params: dict[str, Any]) -> Any:
     slabs = [x for x in ins if isinstance(x, _Slab)]
     first = slabs[0]
     same = all(s.axis == first.axis and s.index is first.index for s in slabs)
-    (out_base,) = _bind(primitive, [x.base if isinstance(x, _Slab) else x for x in ins], params)
+    (out_base,) = bind(primitive, [x.base if isinstance(x, _Slab) else x for x in ins], params)
     if (
         not same
         or out_base.ndim != first.base.ndim
@@ -97,7 +97,7 @@ def _elementwise(primitive: Any, ins: list[Any], params: dict[str, Any]) -> Any:
     ):
         return None
     rows = [x.row if isinstance(x, _Slab) else _take(x, first.axis, first.index) for x in ins]
-    (out_row,) = _bind(primitive, rows, params)
+    (out_row,) = bind(primitive, rows, params)
     return _Slab(out_base, first.axis, first.index, out_row)
 
 
@@ -113,7 +113,7 @@ def _dot_general(lhs: Any, rhs: Any, params: dict[str, Any], primitive: Any) -> 
     slab, other = (lhs, rhs) if left else (rhs, lhs)
     s_con, o_con = (lc, rc) if left else (rc, lc)
     s_bat, o_bat = (lb, rb) if left else (rb, lb)
-    (out_base,) = _bind(primitive, (slab.base, other) if left else (other, slab.base), params)
+    (out_base,) = bind(primitive, (slab.base, other) if left else (other, slab.base), params)
     a = slab.axis
 
     def numbers(s_con2, o_con2, s_bat2, o_bat2):
@@ -131,7 +131,7 @@ def _dot_general(lhs: Any, rhs: Any, params: dict[str, Any], primitive: Any) -> 
             _drop(s_bat, a),
             _drop(o_bat, o_con[k]),
         )
-        (change,) = _bind(primitive, (delta, other_k) if left else (other_k, delta), p)
+        (change,) = bind(primitive, (delta, other_k) if left else (other_k, delta), p)
         return out_base + change.astype(out_base.dtype)
     if a in s_bat:  # batch axis: one output slice, from the matching slice of the other
         k = list(s_bat).index(a)
@@ -142,33 +142,33 @@ def _dot_general(lhs: Any, rhs: Any, params: dict[str, Any], primitive: Any) -> 
             _drop([d for d in s_bat if d != a], a),
             _drop([d for d in o_bat if d != o_bat[k]], o_bat[k]),
         )
-        (row,) = _bind(primitive, (slab.row, other_k) if left else (other_k, slab.row), p)
+        (row,) = bind(primitive, (slab.row, other_k) if left else (other_k, slab.row), p)
         return _Slab(out_base, k, slab.index, row)
     # free axis: one output slice, the product of the new slice
     s_free = [d for d in range(slab.base.ndim) if d not in s_con and d not in s_bat]
     o_free = [d for d in range(np.ndim(other)) if d not in o_con and d not in o_bat]
     position = len(s_bat) + (s_free.index(a) if left else len(o_free) + s_free.index(a))
     p = numbers(_drop(s_con, a), o_con, _drop(s_bat, a), o_bat)
-    (row,) = _bind(primitive, (slab.row, other) if left else (other, slab.row), p)
+    (row,) = bind(primitive, (slab.row, other) if left else (other, slab.row), p)
     return _Slab(out_base, position, slab.index, row)
 
 
 def _reduce(x: _Slab, primitive: Any, params: dict[str, Any]) -> Any:
     axes = tuple(params["axes"])
-    (out_base,) = _bind(primitive, [x.base], params)
+    (out_base,) = bind(primitive, [x.base], params)
     if x.axis in axes:
         if primitive.name != "reduce_sum":
             return None
         rest = _drop([d for d in axes if d != x.axis], x.axis)
-        (change,) = _bind(primitive, [x.row - x.base_row()], dict(params, axes=rest))
+        (change,) = bind(primitive, [x.row - x.base_row()], dict(params, axes=rest))
         return out_base + change
-    (row,) = _bind(primitive, [x.row], dict(params, axes=_drop(axes, x.axis)))
+    (row,) = bind(primitive, [x.row], dict(params, axes=_drop(axes, x.axis)))
     return _Slab(out_base, x.axis - sum(d < x.axis for d in axes), x.index, row)
 
 
 def _structural(x: _Slab, primitive: Any, params: dict[str, Any]) -> Any:
     name = primitive.name
-    (out_base,) = _bind(primitive, [x.base], params)
+    (out_base,) = bind(primitive, [x.base], params)
     if name == "transpose":
         perm = tuple(params["permutation"])
         axis = perm.index(x.axis)
@@ -230,7 +230,7 @@ def _eval(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
             if outs is None:
                 ins = [_plain(x) for x in ins]
         if outs is None:
-            outs = _bind(prim, ins, params)
+            outs = bind(prim, ins, params)
         for v, x in zip(eqn.outvars, outs):
             if type(v).__name__ != "DropVar":
                 env[v] = x

@@ -17,16 +17,9 @@ from .errors import InputError
 __all__ = ["Leaves", "flatten_params", "match_gradient", "path_to_str", "scalar_cost"]
 
 
-def _key_str(key: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def path_to_str(path: Sequence[Any]) -> str:
     """Joins a jax key path into jaxcheck's leaf path: ``"layers/0/W"``."""
-    return "/".join(_key_str(k) for k in path) or "<root>"
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/") or "<root>"
 
 
 def _raw_key(key: Any) -> Any:
@@ -66,8 +59,44 @@ class Leaves:
         return int(sum(v.size for v in self.values))
 
 
-def _is_leaf(x: Any) -> bool:
-    return x is None or isinstance(x, (np.ndarray, np.generic, float, int, bool, complex))
+def _find_cycle(node: Any, trail: list[str], active: set[int]) -> str | None:
+    """The path at which a container holds itself (directly or further down), if any."""
+    if isinstance(node, Mapping):
+        items = list(node.items())
+    elif isinstance(node, (list, tuple)):
+        items = list(enumerate(node))
+    else:
+        return None
+    if id(node) in active:
+        return "/".join(trail) or "<root>"
+    active.add(id(node))
+    try:
+        for key, child in items:
+            found = _find_cycle(child, [*trail, str(key)], active)
+            if found is not None:
+                return found
+    finally:
+        active.discard(id(node))
+    return None
+
+
+def _flatten(params: Any, what: str) -> tuple[list[Any], Any]:
+    cycle = _find_cycle(params, [], set())
+    if cycle is not None:
+        raise InputError(
+            f"{what} contains itself at {cycle!r} (a cyclic container); jaxcheck needs a tree of "
+            f"arrays (dicts, lists, tuples) with no cycles."
+        )
+    try:
+        return jax.tree_util.tree_flatten_with_path(params)
+    except (ValueError, TypeError) as err:
+        text = str(err)
+        if "sort" in text or "'<'" in text:
+            raise InputError(
+                f"{what} is a dict whose keys cannot be sorted ({text.rstrip('.')}); jax orders "
+                f"dict keys, so use keys of one type (all strings, e.g. 'W1', 'b1')."
+            ) from err
+        raise InputError(f"{what} could not be flattened as a pytree: {text}") from err
 
 
 def flatten_params(params: Any) -> Leaves:
@@ -83,7 +112,7 @@ def flatten_params(params: Any) -> Leaves:
     Raises:
         InputError: if params is empty, or a leaf is not a finite floating-point array.
     """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    flat, treedef = _flatten(params, "params")
     if not flat:
         raise InputError(
             "params is empty: jaxcheck needs at least one floating-point array to check, e.g. "

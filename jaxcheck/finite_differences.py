@@ -1,14 +1,17 @@
 """Finite differences of the JAX twin, for many perturbed parameter vectors at once.
 
-Per leaf, the cost is vmapped over the perturbed coordinates (or directions) of that leaf only,
-so everything upstream of the leaf is computed once; ``lax.map`` walks the batches so memory
-stays bounded, and with several devices each batch is split across them with ``shard_map``.
+Each probe group is one leaf (vmapped over that leaf's coordinates or directions only, so
+everything upstream of it is computed once) or several small leaves together (one vmapped
+program for all of them, so a model with hundreds of small leaves compiles one program, not
+hundreds). ``lax.map`` walks the batches so memory stays bounded; with several devices each
+batch is split across them with ``shard_map``. Programs are cached on the twin's structural key
+(:mod:`jaxcheck.twin`); the data are arguments.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import logging
 import math
 import sys
@@ -20,90 +23,90 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._incremental import perturbed_cost
+from .twin import Twin
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
-    "INCREMENTAL",
+    "INCREMENTAL_MIN_SIZE",
     "Evaluation",
-    "LeafProbe",
+    "Probe",
     "default_memory_budget",
     "evaluate",
-    "evaluation_bytes",
-    "scalar_of",
 ]
 
 _LOG = logging.getLogger("jaxcheck")
 
-#: Evaluate coordinate perturbations incrementally (see :mod:`jaxcheck._incremental`): a
-#: perturbed weight's first matrix product is updated by one slice instead of recomputed.
-#: False evaluates the twin from scratch at every perturbed point (brute force).
-INCREMENTAL = True
-#: Leaves smaller than this are evaluated from scratch: for them the saving would not pay for
-#: the larger program to compile. Larger ones are not: a from-scratch batch of a mid-sized
-#: bias makes large batched products that a GPU compiler spends tens of seconds autotuning.
+#: Leaves smaller than this are evaluated from scratch, together in one group: for them the
+#: incremental saving would not pay for the larger program to compile. Larger ones are
+#: evaluated incrementally: a from-scratch batch of a mid-sized bias makes large batched
+#: products that a GPU compiler spends tens of seconds autotuning.
 INCREMENTAL_MIN_SIZE = 64
 #: Memory budget for one batch of perturbed evaluations on a CPU: 512 MiB.
 DEFAULT_CPU_BUDGET = 512 * 2**20
 #: Fraction of an accelerator's memory given to one batch of perturbed evaluations.
 ACCELERATOR_BUDGET_FRACTION = 0.25
-
-
-def scalar_of(value: Any) -> jax.Array:
-    """The scalar cost out of what a JAX twin returned (a scalar or a tuple led by one)."""
-    if isinstance(value, (tuple, list)):
-        value = value[0]
-    value = jnp.asarray(value)
-    return value.reshape(())
+#: Compiled programs kept, most recently used first.
+PROGRAM_CACHE_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
-class LeafProbe:
-    """What to perturb in one leaf.
+class Probe:
+    """What to perturb in one group of leaves.
 
     Attributes:
-        leaf: index of the leaf in the flattened params.
-        kind: ``"coordinate"`` (perturb single entries) or ``"direction"`` (random unit vectors).
+        leaves: indices of the perturbed leaves; coordinates index their flattened
+            concatenation. A direction probe has exactly one leaf.
+        kind: ``"coordinate"`` (perturb single entries), ``"direction"`` (random unit vectors)
+            or ``"vector"`` (the given displacements, one leaf).
+        count: number of probes (coordinates or directions).
         coords: flat indices of the perturbed entries (coordinate kind).
         step_up: the exact step up per probe, ``(θ + h) − θ`` as represented in float64.
         step_down: the exact step down per probe, ``θ − (θ − h)``.
-        count: number of probes (coordinates or directions).
+        double: also evaluate at twice the step (θ ± 2h), for error estimates and kinks.
         step: the nominal step along a direction (direction kind).
         seed: seed of the random directions (direction kind).
         ids: which directions of that seed (direction kind).
+        vectors: the displacements, one row per probe (vector kind).
     """
 
-    leaf: int
+    leaves: tuple[int, ...]
     kind: str
     count: int
     coords: np.ndarray | None = None
     step_up: np.ndarray | None = None
     step_down: np.ndarray | None = None
+    double: bool = False
     step: float = 0.0
     seed: int = 0
     ids: np.ndarray | None = None
+    vectors: np.ndarray | None = None
 
 
 @dataclasses.dataclass
 class Evaluation:
-    """Cost values at the perturbed points of one leaf.
+    """Cost values at the perturbed points of one probe group.
 
     Attributes:
         up: J(θ + step) per probe.
         down: J(θ − step) per probe.
-        step_up, step_down: the exact steps per probe (direction kind: the norm of the
-            actual displacement over the nominal step is folded into the projections).
+        step_up, step_down: the exact steps per probe.
+        up2, down2: J(θ ± 2·step) per probe when the probe asked for ``double``, else None.
         projected_autodiff: direction kind only, ``∇J·d / h`` for the actual displacement d.
         projected_backprop: direction kind only, ``backprop·d / h``.
         batch_size: perturbations per vmapped batch and device.
+        unit: the rounding unit of the cost values (float64's epsilon for the twin).
     """
 
     up: np.ndarray
     down: np.ndarray
     step_up: np.ndarray
     step_down: np.ndarray
+    up2: np.ndarray | None
+    down2: np.ndarray | None
     projected_autodiff: np.ndarray | None
     projected_backprop: np.ndarray | None
     batch_size: int
+    unit: float = float(np.finfo(np.float64).eps)
 
 
 def default_memory_budget(devices: Sequence[Any] | None = None) -> int:
@@ -122,76 +125,79 @@ def default_memory_budget(devices: Sequence[Any] | None = None) -> int:
     return DEFAULT_CPU_BUDGET
 
 
-def _replace(leaves: Sequence[Any], index: int, value: Any) -> list[Any]:
-    out = list(leaves)
-    out[index] = value
-    return out
+def uses_incremental(probe: Probe, leaves: Sequence[Any], incremental: bool | None) -> bool:
+    """Whether a probe group is evaluated incrementally (see :mod:`jaxcheck._incremental`)."""
+    if incremental is False or probe.kind != "coordinate" or len(probe.leaves) != 1:
+        return False
+    return incremental is True or int(np.size(leaves[probe.leaves[0]])) >= INCREMENTAL_MIN_SIZE
 
 
-def _cost_of_leaf(jax_cost: Callable, treedef: Any, leaves: Sequence[Any], index: int) -> Callable:
-    shape = leaves[index].shape
+def _group_cost(twin: Twin, consts: Any, leaves: Sequence[Any], group: tuple[int, ...]) -> Callable:
+    """The cost as a function of the flattened concatenation of the group's leaves."""
+    shapes = [np.shape(leaves[i]) for i in group]
+    sizes = [math.prod(s) for s in shapes]
+    edges = np.cumsum([0, *sizes])
 
     def cost(flat: jax.Array) -> jax.Array:
-        params = jax.tree_util.tree_unflatten(treedef, _replace(leaves, index, flat.reshape(shape)))
-        return scalar_of(jax_cost(params))
+        moved = list(leaves)
+        for i, shape, a, b in zip(group, shapes, edges[:-1], edges[1:]):
+            moved[i] = flat[int(a) : int(b)].reshape(shape)
+        return twin.cost(consts, moved)
 
     return cost
 
 
+def _flat(leaves: Sequence[Any], group: tuple[int, ...]) -> jax.Array:
+    return jnp.concatenate([jnp.reshape(leaves[i], (-1,)) for i in group])
+
+
 def evaluation_bytes(
-    jax_cost: Callable, treedef: Any, leaves: Sequence[np.ndarray], index: int
+    twin: Twin, leaves: Sequence[np.ndarray], probe: Probe, incremental: bool
 ) -> int:
     """Bytes one perturbed evaluation needs beyond what is shared by the whole batch.
 
-    Traces one perturbed evaluation of the cost, exactly as the batch will run it, and adds up
+    Traces one perturbed evaluation of the twin exactly as the batch will run it, and adds up
     the sizes of every intermediate that depends on the perturbation (an upper bound on what
-    vmap batches). Cached by the twin, the shapes and the leaf.
+    vmap batches). No code of the user's runs: the twin is already a jaxpr.
     """
-    shapes = tuple((tuple(np.shape(v)), np.dtype(np.result_type(v)).name) for v in leaves)
-    incremental = _incremental_for(leaves[index])
-    return _evaluation_bytes(jax_cost, treedef, shapes, index, incremental)
+    key = (twin.key, tuple(np.shape(v) for v in leaves), probe.leaves, probe.kind, incremental)
+    if twin.key is not None and key in _BYTES:
+        return _BYTES[key]
+    abstract = [jax.ShapeDtypeStruct(np.shape(v), np.float64) for v in leaves]
+    consts = [jax.ShapeDtypeStruct(np.shape(c), np.result_type(c)) for c in twin.consts]
+    n_consts = len(consts)
+    if incremental:
+        index = probe.leaves[0]
+
+        def inc(i: Any, s: Any, *args: Any) -> Any:
+            cs, ls = args[:n_consts], args[n_consts:]
+            return perturbed_cost(lambda xs: twin.cost(cs, xs), ls, index)(i, s)
+
+        scalars = (jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((), np.float64))
+        try:
+            jaxpr = jax.make_jaxpr(inc)(*scalars, *consts, *abstract).jaxpr
+        except Exception:  # noqa: BLE001 - the program falls back to brute force too
+            jaxpr = None
+        if jaxpr is not None:
+            # The shared product is broadcast before one slice is added to each copy, and
+            # XLA keeps both buffers alive: count half as much again.
+            result = int(1.5 * _dependent_bytes(jaxpr, set(map(id, jaxpr.invars[:2]))))
+            _BYTES[key] = result
+            return result
+    n = sum(math.prod(np.shape(leaves[i])) for i in probe.leaves)
+
+    def brute(x: Any, *args: Any) -> Any:
+        cs, ls = args[:n_consts], args[n_consts:]
+        return _group_cost(twin, cs, ls, probe.leaves)(x)
+
+    flat = jax.ShapeDtypeStruct((n,), np.float64)
+    jaxpr = jax.make_jaxpr(brute)(flat, *consts, *abstract).jaxpr
+    result = n * 8 + _dependent_bytes(jaxpr, {id(jaxpr.invars[0])})
+    _BYTES[key] = result
+    return result
 
 
-@functools.lru_cache(maxsize=1024)
-def _evaluation_bytes(
-    jax_cost: Callable,
-    treedef: Any,
-    shapes: tuple[tuple[tuple[int, ...], str], ...],
-    index: int,
-    incremental: bool,
-) -> int:
-    abstract = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in shapes]
-    n = len(abstract)
-
-    def total(ls: Sequence[Any]) -> jax.Array:
-        return scalar_of(jax_cost(jax.tree_util.tree_unflatten(treedef, list(ls))))
-
-    with jax.enable_x64(True):
-        if incremental:
-            probe = (jax.ShapeDtypeStruct((), np.int32), jax.ShapeDtypeStruct((), np.float64))
-            try:
-                jaxpr = jax.make_jaxpr(lambda i, s, *ls: perturbed_cost(total, ls, index)(i, s))(
-                    *probe, *abstract
-                ).jaxpr
-            except Exception:  # noqa: BLE001 - the program falls back to brute force too
-                jaxpr = None
-            if jaxpr is not None:
-                # The shared product is broadcast before one slice is added to each copy, and
-                # XLA keeps both buffers alive: count half as much again.
-                start = set(map(id, jaxpr.invars[:2]))
-                return int(1.5 * _dependent_bytes(jaxpr, start))
-        leaf = abstract[index]
-        flat = jax.ShapeDtypeStruct((math.prod(leaf.shape),), leaf.dtype)
-
-        def perturbed(x: jax.Array, *ls: Any) -> jax.Array:
-            moved = list(ls)
-            moved[index] = x.reshape(leaf.shape)
-            return total(moved)
-
-        jaxpr = jax.make_jaxpr(perturbed)(flat, *abstract).jaxpr
-    nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
-    assert len(jaxpr.invars) == n + 1
-    return nbytes + _dependent_bytes(jaxpr, {id(jaxpr.invars[0])})
+_BYTES: dict[Any, int] = {}
 
 
 def _dependent_bytes(jaxpr: Any, dependent: set[int]) -> int:
@@ -204,10 +210,6 @@ def _dependent_bytes(jaxpr: Any, dependent: set[int]) -> int:
                 size = math.prod(getattr(aval, "shape", ())) or 1
                 total += size * np.dtype(getattr(aval, "dtype", np.float64)).itemsize
     return int(total)
-
-
-def _incremental_for(leaf: Any) -> bool:
-    return INCREMENTAL and int(np.size(leaf)) >= INCREMENTAL_MIN_SIZE
 
 
 class _Progress:
@@ -239,55 +241,52 @@ def _tick(*_: Any) -> None:
         _ACTIVE_PROGRESS[-1].tick()
 
 
-def _shard_map(fn: Callable, mesh: Any, in_specs: Any, out_specs: Any) -> Callable:
-    shard_map = getattr(jax, "shard_map", None)
-    if shard_map is not None:
-        return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-    from jax.experimental.shard_map import shard_map as legacy  # jax < 0.7
-
-    return legacy(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+_PROGRAMS: collections.OrderedDict[Any, Callable] = collections.OrderedDict()
 
 
-@functools.lru_cache(maxsize=128)
 def _program(
-    jax_cost: Callable,
-    treedef: Any,
-    layout: tuple[tuple[int, str, int, int], ...],
+    twin: Twin,
+    layout: tuple[tuple[tuple[int, ...], str, bool, bool], ...],
     with_gradient: bool,
     progress: bool,
-    device_ids: tuple[int, ...],
-    incremental: bool = True,
+    devices: tuple[Any, ...],
 ) -> Callable:
-    """Compiles one program: cost and gradient at θ and the perturbed costs of every leaf.
+    """The compiled program: cost and gradient at θ and the perturbed costs of every group.
 
-    ``layout`` holds, per probed leaf, (leaf index, kind, number of batches, batch per device).
-    The result is cached, so checking the same twin again with the same shapes recompiles
-    nothing.
+    ``layout`` holds, per probe group, (leaves, kind, double, incremental). Cached on the
+    twin's structural key, so a new closure of the same code and shapes compiles nothing.
     """
-    devices = [d for d in jax.devices() if d.id in device_ids]
-    mesh = None
-    if len(devices) > 1:
-        mesh = jax.sharding.Mesh(np.array(devices), ("probes",))
+    key = None
+    if twin.key is not None:
+        key = (twin.key, layout, with_gradient, progress, tuple(d.id for d in devices))
+        hit = _PROGRAMS.get(key)
+        if hit is not None:
+            _PROGRAMS.move_to_end(key)
+            return hit
+    mesh = jax.sharding.Mesh(np.array(devices), ("probes",)) if len(devices) > 1 else None
     P = jax.sharding.PartitionSpec
 
-    def run(leaves, backprop, probe_args):
+    def run(consts, leaves, backprop, probe_args):
         leaves = list(leaves)
-        total = lambda ls: scalar_of(  # noqa: E731
-            jax_cost(jax.tree_util.tree_unflatten(treedef, list(ls)))
-        )
-        value = total(leaves)
-        gradient = jax.grad(total)(leaves) if with_gradient else None
+        value = twin.cost(consts, leaves)
+        gradient = jax.grad(lambda ls: twin.cost(consts, ls))(leaves) if with_gradient else None
         outs = []
-        for (index, kind, _, _), args in zip(layout, probe_args):
-            cost = _cost_of_leaf(jax_cost, treedef, leaves, index)
-            x = leaves[index].reshape(-1)
+        for (group, kind, double, incremental), args in zip(layout, probe_args):
+            cost = _group_cost(twin, consts, leaves, group)
+            x = _flat(leaves, group)
             if kind == "coordinate":
-                use = incremental and x.size >= INCREMENTAL_MIN_SIZE
-                update = perturbed_cost(total, leaves, index) if use else None
-                row = _coordinate_row(cost, x, progress, update)
+                update = None
+                if incremental:
+                    update = perturbed_cost(lambda ls: twin.cost(consts, ls), leaves, group[0])
+                row = _coordinate_row(cost, x, progress, double, update)
+                n_out = 4 if double else 2
+            elif kind == "vector":
+                row = _vector_row(cost, x, progress)
+                n_out = 2
             else:
-                g = gradient[index].reshape(-1) if with_gradient else jnp.zeros_like(x)
-                row = _direction_row(cost, x, g, backprop[index].reshape(-1), progress)
+                g = _flat(gradient, group) if with_gradient else jnp.zeros_like(x)
+                row = _direction_row(cost, x, g, _flat(backprop, group), progress)
+                n_out = 6
 
             def local(*arrays, row=row):
                 if arrays[0].shape[0] == 1:  # one batch: no loop to compile
@@ -296,30 +295,51 @@ def _program(
 
             if mesh is not None:
                 spec = P(None, "probes")
-                n_args = len(args)
-                n_out = 2 if kind == "coordinate" else 6
-                local = _shard_map(local, mesh, (spec,) * n_args, (spec,) * n_out)
+                local = jax.shard_map(
+                    local,
+                    mesh=mesh,
+                    in_specs=(spec,) * len(args),
+                    out_specs=(spec,) * n_out,
+                    check_vma=False,
+                )
             outs.append(local(*args))
         return value, gradient, outs
 
-    return jax.jit(run)
+    program = jax.jit(run)
+    if key is not None:
+        _PROGRAMS[key] = program
+        while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
+            _PROGRAMS.popitem(last=False)
+    return program
 
 
 def _coordinate_row(
-    cost: Callable, x: jax.Array, progress: bool, incremental: Callable | None = None
+    cost: Callable, x: jax.Array, progress: bool, double: bool, incremental: Callable | None
 ) -> Callable:
     def row(coords, up, down):
         if progress:
             jax.debug.callback(_tick)
         both = jnp.concatenate([coords, coords])
         steps = jnp.concatenate([up, -down])
+        if double:
+            both = jnp.concatenate([both, both])
+            steps = jnp.concatenate([steps, 2 * steps])
         if incremental is not None:
             values = jax.vmap(incremental)(both, steps)
         else:
             points = jax.vmap(lambda i, s: x.at[i].add(s))(both, steps)
             values = jax.vmap(cost)(points)
-        half = coords.shape[0]
-        return values[:half], values[half:]
+        return tuple(jnp.split(values, 4 if double else 2))
+
+    return row
+
+
+def _vector_row(cost: Callable, x: jax.Array, progress: bool) -> Callable:
+    def row(vectors):
+        if progress:
+            jax.debug.callback(_tick)
+        values = jax.vmap(cost)(jnp.concatenate([x + vectors, x - vectors]))
+        return tuple(jnp.split(values, 2))
 
     return row
 
@@ -347,9 +367,8 @@ def _direction_row(
     return row
 
 
-def _batch_size(count: int, per_eval: int, budget: int, n_devices: int) -> int:
-    # Each probe costs two evaluations (up and down).
-    fit = max(1, budget // max(1, 2 * per_eval))
+def _batch_size(count: int, per_eval: int, budget: int, n_devices: int, evals: int) -> int:
+    fit = max(1, budget // max(1, evals * per_eval))
     per_device = math.ceil(count / n_devices)
     size = max(1, min(fit, per_device))
     batches = math.ceil(per_device / size)
@@ -365,11 +384,108 @@ def _pad_rows(values: np.ndarray, batches: int, width: int) -> np.ndarray:
     return values.reshape((batches, width) + values.shape[1:])
 
 
-def evaluate(
-    jax_cost: Callable,
-    treedef: Any,
+def _direction_keys(probe: Probe) -> np.ndarray:
+    base = jax.random.key_data(jax.random.key(probe.seed))
+    return np.asarray(
+        jax.vmap(
+            lambda i: jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(base), i))
+        )(jnp.asarray(probe.ids, dtype=jnp.uint32))
+    )
+
+
+@dataclasses.dataclass
+class _Batches:
+    layout: tuple[tuple[tuple[int, ...], str, bool, bool], ...]
+    batches: list[int]
+    args: list[tuple[np.ndarray, ...]]
+    sizes: list[int]
+    devices: tuple[Any, ...]
+
+
+def _batches(
+    twin: Twin,
     leaves: Sequence[np.ndarray],
-    probes: Sequence[LeafProbe],
+    probes: Sequence[Probe],
+    batch_size: int | None,
+    memory_budget: int | None,
+    devices: Sequence[Any] | None,
+    incremental: bool | None,
+) -> _Batches:
+    devices = tuple(devices or jax.devices())
+    n_dev = len(devices)
+    budget = memory_budget if memory_budget is not None else default_memory_budget(devices)
+    layout, counts, args, sizes = [], [], [], []
+    for probe in probes:
+        inc = uses_incremental(probe, leaves, incremental)
+        evals = 4 if probe.kind == "coordinate" and probe.double else 2
+        if batch_size is not None:
+            size = max(1, min(int(batch_size), math.ceil(probe.count / n_dev)))
+        else:
+            per_eval = evaluation_bytes(twin, leaves, probe, inc)
+            size = _batch_size(probe.count, per_eval, budget, n_dev, evals)
+        width = size * n_dev
+        batches = math.ceil(probe.count / width)
+        if probe.kind == "coordinate":
+            arrays = tuple(
+                _pad_rows(a, batches, width)
+                for a in (
+                    probe.coords.astype(np.int32),
+                    probe.step_up.astype(np.float64),
+                    probe.step_down.astype(np.float64),
+                )
+            )
+        elif probe.kind == "vector":
+            arrays = (_pad_rows(np.asarray(probe.vectors, np.float64), batches, width),)
+        else:
+            steps = np.full(probe.count, probe.step, dtype=np.float64)
+            arrays = (
+                _pad_rows(_direction_keys(probe), batches, width),
+                _pad_rows(steps, batches, width),
+            )
+        layout.append((probe.leaves, probe.kind, probe.double, inc))
+        counts.append(batches)
+        args.append(arrays)
+        sizes.append(size)
+    return _Batches(tuple(layout), counts, args, sizes, devices)
+
+
+def _inputs(
+    twin: Twin, leaves: Sequence[np.ndarray], backprop: Sequence[np.ndarray] | None, b: _Batches
+) -> tuple[Any, ...]:
+    bp = backprop if backprop is not None else [np.zeros_like(v) for v in leaves]
+    return (
+        list(twin.consts),
+        [np.asarray(v) for v in leaves],
+        [np.asarray(g, np.float64) for g in bp],
+        b.args,
+    )
+
+
+def lower(
+    twin: Twin,
+    leaves: Sequence[np.ndarray],
+    probes: Sequence[Probe],
+    *,
+    with_gradient: bool = True,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    devices: Sequence[Any] | None = None,
+    incremental: bool | None = None,
+) -> jax.stages.Lowered:
+    """The program :func:`evaluate` runs for these probes, lowered (for cost and memory analysis).
+
+    Call with x64 enabled.
+    """
+    probes = [p for p in probes if p.count > 0]
+    b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
+    program = _program(twin, b.layout, with_gradient, False, b.devices)
+    return program.lower(*_inputs(twin, leaves, None, b))
+
+
+def evaluate(
+    twin: Twin,
+    leaves: Sequence[np.ndarray],
+    probes: Sequence[Probe],
     *,
     backprop: Sequence[np.ndarray] | None = None,
     with_gradient: bool = True,
@@ -377,83 +493,56 @@ def evaluate(
     memory_budget: int | None = None,
     progress: bool | None = None,
     devices: Sequence[Any] | None = None,
+    incremental: bool | None = None,
 ) -> tuple[float, list[np.ndarray] | None, list[Evaluation]]:
     """Evaluates the twin at θ and at every perturbed point the probes ask for.
 
     Must be called with x64 enabled; ``leaves`` are float64.
 
     Args:
-        jax_cost: the JAX twin, ``params -> scalar``.
-        treedef: the params structure.
+        twin: the traced JAX twin.
         leaves: the params leaves (float64).
-        probes: one :class:`LeafProbe` per leaf to perturb (leaves with no probes are skipped).
+        probes: the probe groups (groups with no probes are skipped).
         backprop: the user's gradient leaves (needed by direction probes).
         with_gradient: also return ``jax.grad`` of the twin at θ.
         batch_size: perturbations per batch and device; ``None`` picks it from the budget.
         memory_budget: bytes a batch may use per device; ``None``: :func:`default_memory_budget`.
         progress: show a progress bar; ``None``: only on a terminal.
         devices: devices to split each batch over; ``None``: all of ``jax.devices()``.
+        incremental: evaluate large leaves incrementally; ``None``: from 64 entries up, False:
+            every perturbed point from scratch.
 
     Returns:
         ``(cost at θ, gradient leaves or None, one Evaluation per probe)``.
     """
-    devices = list(devices or jax.devices())
-    n_dev = len(devices)
-    budget = memory_budget if memory_budget is not None else default_memory_budget(devices)
     probes = [p for p in probes if p.count > 0]
-    layout, args, sizes = [], [], []
-    for probe in probes:
-        if batch_size is not None:
-            per_device = math.ceil(probe.count / n_dev)
-            size = max(1, min(int(batch_size), per_device))
-        else:
-            per_eval = evaluation_bytes(jax_cost, treedef, leaves, probe.leaf)
-            size = _batch_size(probe.count, per_eval, budget, n_dev)
-        width = size * n_dev
-        batches = math.ceil(probe.count / width)
-        if probe.kind == "coordinate":
-            arrays = (
-                _pad_rows(probe.coords.astype(np.int32), batches, width),
-                _pad_rows(probe.step_up.astype(np.float64), batches, width),
-                _pad_rows(probe.step_down.astype(np.float64), batches, width),
-            )
-        else:
-            base = jax.random.key_data(jax.random.key(probe.seed))
-            keys = np.asarray(
-                jax.vmap(
-                    lambda i, b=base: jax.random.key_data(
-                        jax.random.fold_in(jax.random.wrap_key_data(b), i)
-                    )
-                )(jnp.asarray(probe.ids, dtype=jnp.uint32))
-            )
-            steps = np.full(probe.count, probe.step, dtype=np.float64)
-            arrays = (_pad_rows(keys, batches, width), _pad_rows(steps, batches, width))
-        layout.append((probe.leaf, probe.kind, batches, size))
-        args.append(arrays)
-        sizes.append(size)
-    total_batches = sum(b for _, _, b, _ in layout)
-    bar = _Progress(total_batches, progress)
-    key = (jax_cost, treedef, tuple(layout), with_gradient, bar.bar is not None)
-    device_ids = tuple(d.id for d in devices)
-    bp = backprop if backprop is not None else [np.zeros_like(v) for v in leaves]
-    inputs = ([np.asarray(v) for v in leaves], [np.asarray(b, np.float64) for b in bp], args)
+    b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
+    devices, sizes = b.devices, b.sizes
+    modes = [inc for *_, inc in b.layout]
+    inputs = _inputs(twin, leaves, backprop, b)
+    shape = b.layout
+    bar = _Progress(sum(b.batches), progress)
     _ACTIVE_PROGRESS.append(bar)
     try:
-        try:
-            value, gradient, outs = _program(*key, device_ids, INCREMENTAL)(*inputs)
-        except jax.errors.JaxRuntimeError:
-            raise  # out of memory and the like: running more would not help
-        except Exception as err:
-            if not INCREMENTAL:
-                raise
-            # A twin the incremental evaluator cannot follow is evaluated from scratch.
-            _LOG.warning(
-                "jaxcheck: incremental evaluation failed (%s: %s); evaluating every perturbed "
-                "point from scratch instead, which is slower.",
-                type(err).__name__,
-                err,
-            )
-            value, gradient, outs = _program(*key, device_ids, False)(*inputs)
+        with jax.disable_jit(False):
+            try:
+                program = _program(twin, shape, with_gradient, bar.bar is not None, devices)
+                value, gradient, outs = program(*inputs)
+            except jax.errors.JaxRuntimeError:
+                raise  # out of memory and the like: running more would not help
+            except Exception as err:
+                if not any(modes):
+                    raise
+                # A twin the incremental evaluator cannot follow is evaluated from scratch.
+                _LOG.warning(
+                    "jaxcheck: incremental evaluation failed (%s: %s); evaluating every "
+                    "perturbed point from scratch instead, which is slower.",
+                    type(err).__name__,
+                    err,
+                )
+                shape = tuple((g, k, d, False) for g, k, d, _ in shape)
+                program = _program(twin, shape, with_gradient, bar.bar is not None, devices)
+                value, gradient, outs = program(*inputs)
         value = float(value)
         gradient = None if gradient is None else [np.asarray(g) for g in gradient]
         outs = jax.tree_util.tree_map(np.asarray, outs)
@@ -463,12 +552,22 @@ def evaluate(
     evaluations = []
     for probe, out, size in zip(probes, outs, sizes):
         n = probe.count
-        if probe.kind == "coordinate":
-            up, down = (o.reshape(-1)[:n] for o in out)
+        flat = [o.reshape(-1)[:n] for o in out]
+        if probe.kind == "vector":
+            ones = np.ones(n)
             evaluations.append(
-                Evaluation(up, down, probe.step_up, probe.step_down, None, None, size)
+                Evaluation(flat[0], flat[1], ones, ones, None, None, None, None, size)
+            )
+        elif probe.kind == "coordinate":
+            up2, down2 = (flat[2], flat[3]) if probe.double else (None, None)
+            evaluations.append(
+                Evaluation(
+                    flat[0], flat[1], probe.step_up, probe.step_down, up2, down2, None, None, size
+                )
             )
         else:
-            up, down, proj_ad, proj_bp, s_up, s_down = (o.reshape(-1)[:n] for o in out)
-            evaluations.append(Evaluation(up, down, s_up, s_down, proj_ad, proj_bp, size))
+            up, down, proj_ad, proj_bp, s_up, s_down = flat
+            evaluations.append(
+                Evaluation(up, down, s_up, s_down, None, None, proj_ad, proj_bp, size)
+            )
     return value, gradient, evaluations

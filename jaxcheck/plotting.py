@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import JaxcheckError
+from .errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from .report import Report
@@ -27,13 +27,6 @@ _AMBER = "#b06000"
 _GREEN = "#007000"
 _FD_COLOUR = "tab:blue"
 _AD_COLOUR = "tab:green"
-
-
-class MissingDependencyError(JaxcheckError, ImportError):
-    """An optional dependency (matplotlib, for plots) is not installed.
-
-    It is an ``ImportError`` too, so ``except ImportError`` catches it.
-    """
 
 
 def _pyplot() -> Any:
@@ -81,23 +74,23 @@ def _title(report: Report) -> tuple[str, str]:
 
 def _annotation(leaf: Any) -> str:
     if leaf.status == "backprop":
-        # The ratio is the bug's fingerprint (2× too big, wrong sign) only when backprop is that
-        # multiple of autodiff; otherwise it is just a least-squares fit. The check says which in
-        # the leaf's message ("backprop is 2.00× ...", "backprop has the wrong sign ...").
-        k = leaf.ratio
-        if k is not None and (
-            f"backprop is {k:.2f}×" in leaf.message or "wrong sign" in leaf.message
-        ):
-            return f"{k:.3g}×"
-        return "wrong"
-    names = {"twin": "twin wrong", "kink": "kink", "fd-unreliable": "FD unreliable"}
+        # The factor is set only when backprop is that multiple of autodiff (2× too big, wrong
+        # sign); otherwise the ratio is just a least-squares fit and says nothing.
+        return "wrong" if leaf.factor is None else f"{leaf.factor:.3g}×"
+    names = {
+        "twin": "twin wrong",
+        "kink": "kink",
+        "fd-unreliable": "FD unreliable",
+        "rounding": "rounding",
+        "inconclusive": "inconclusive",
+    }
     return names.get(leaf.status, "")
 
 
 def plot_report(report: Report, ax: Any = None) -> Any:
     """Draws a report: per leaf, backprop's differences from both opinions, on a log scale.
 
-    For every leaf (on the x axis, in params order) it marks the seed's relative difference of
+    For every leaf (on the x axis, in params order) it marks the classic relative difference of
     backprop against finite differences (circles) and against ``jax.grad`` (squares), the leaf's
     tolerance (dashed) and the estimated error of the finite differences (grey bar: below it,
     backprop vs finite differences cannot tell right from wrong). Leaves whose backprop is wrong
@@ -143,7 +136,7 @@ def plot_report(report: Report, ax: Any = None) -> Any:
     fd = _visible([leaf.difference_fd for leaf in leaves])
     ad = _visible([leaf.difference_autodiff for leaf in leaves])
     fd_error = _visible([leaf.fd_error for leaf in leaves])
-    tolerance = _visible([leaf.tolerance for leaf in leaves])
+    tolerance = _visible([leaf.rtol for leaf in leaves])
 
     for i in np.flatnonzero(failing):
         ax.axvspan(i - 0.5, i + 0.5, color=_RED, alpha=0.08, linewidth=0)

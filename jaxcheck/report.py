@@ -10,13 +10,17 @@ import html
 import math
 from typing import Any
 
+from .verdict import Status
+
 __all__ = ["LeafReport", "Report"]
 
 _STATUS_WORDS = {
     "ok": "correct",
     "backprop": "BACKPROP WRONG",
+    "inconclusive": "INCONCLUSIVE",
     "twin": "twin's autodiff wrong",
     "kink": "correct (kink)",
+    "rounding": "correct (rounding)",
     "fd-unreliable": "correct (FD unreliable)",
 }
 
@@ -24,10 +28,24 @@ _STATUS_WORDS = {
 # Row styles of the HTML table, by status: the backprop's failures stand out most.
 _ROW_STYLES = {
     "backprop": "background:#fdd;color:#b00;font-weight:bold",
+    "inconclusive": "background:#fed;color:#a40;font-weight:bold",
+    "rounding": "background:#f4f4f4",
     "twin": "background:#ffd;color:#850",
     "kink": "background:#f4f4f4",
     "fd-unreliable": "background:#f4f4f4",
 }
+
+
+def _two_way_note(error: str | None) -> str:
+    note = (
+        "Two-way check: backprop was judged against finite differences of your NumPy cost alone "
+        "(no jax.grad opinion, no batching). For the third opinion pass jax_cost= (a jax.numpy "
+        "version of your cost)"
+    )
+    if error:
+        first = error.strip().splitlines()
+        note += ". The port failed with:\n  " + "\n  ".join(first[:6])
+    return note + "."
 
 
 def _fmt(x: float | None, spec: str = ".2e") -> str:
@@ -54,21 +72,25 @@ class LeafReport:
         path: the leaf's path, e.g. ``"W1"`` or ``"layers/0/b"``.
         shape: the leaf's shape.
         dtype: dtype of the user's gradient for this leaf.
-        tolerance: the relative tolerance used: by the less precise of the gradient's and the
-            parameter's dtype.
-        status: ``"ok"``, ``"backprop"`` (the hand-written gradient is wrong), ``"twin"``
+        status: a :class:`jaxcheck.Status` (a ``str``): ``"ok"``; ``"backprop"`` (the
+            hand-written gradient is wrong); ``"inconclusive"`` (backprop and autodiff disagree
+            and finite differences are too imprecise to say which is right); ``"twin"``
             (``jax.grad`` of the JAX twin disagrees with finite differences while backprop agrees
-            with them), ``"kink"`` (a non-differentiable point was crossed; backprop is a valid
-            subgradient there) or ``"fd-unreliable"`` (finite differences strayed where backprop
-            and autodiff agree: not a bug).
-        ok: False only when the backprop is judged wrong.
+            with them); ``"kink"`` (a non-differentiable point was crossed; backprop is a valid
+            subgradient there, one entry at a time and jointly); ``"rounding"`` (a
+            low-precision backprop whose float64 re-run agrees: the formula is right and
+            rounding explains the rest); ``"fd-unreliable"`` (finite differences strayed where
+            backprop and autodiff agree: not a bug).
+        ok: False when the backprop is judged wrong or the verdict is inconclusive.
         difference_fd: classic difference of backprop vs finite differences (checked probes).
         difference_autodiff: classic difference of backprop vs ``jax.grad`` (every entry).
         difference_fd_autodiff: classic difference of finite differences vs ``jax.grad``.
         fd_error: the estimated error of the finite differences, in the same relative units:
-            rounding for every probe, plus truncation (from a second step 2h) where a probe
-            disagreed with another opinion and was re-evaluated.
+            rounding for every probe, plus truncation (from a second step 2h) where a probe was
+            also evaluated at 2h.
         ratio: least-squares k with backprop ≈ k·autodiff (None when autodiff is zero).
+        factor: k when backprop *is* k·autodiff (a scaled or sign-flipped gradient, such as
+            2.0 for a gradient twice too big); None when the difference is not a factor.
         worst_index: index of the largest disagreement of backprop with autodiff.
         worst_backprop: backprop's value there.
         worst_autodiff: autodiff's value there.
@@ -77,21 +99,26 @@ class LeafReport:
         checked: number of probes that finite differences evaluated.
         size: number of entries in the leaf.
         method: ``"full"``, ``"sample"`` or ``"directional"``.
-        eps: the nominal finite-difference step (the largest used in this leaf).
+        step: the finite-difference step (the largest used in this leaf).
+        rtol: the relative tolerance of backprop vs autodiff for this leaf's dtype.
         batch_size: perturbations per vmapped batch (per device).
+        rounding_difference: for status ``"rounding"``, the classic difference of the
+            low-precision backprop from autodiff that rounding explains; else None.
+        joint: (directions tested, directions failed) of the joint test of the leaf's kinks.
         message: a sentence saying what is wrong, when something is.
     """
 
     path: str
     shape: tuple[int, ...]
     dtype: str
-    status: str
+    status: Status
     ok: bool
     difference_fd: float
     difference_autodiff: float
     difference_fd_autodiff: float
     fd_error: float
     ratio: float | None
+    factor: float | None
     worst_index: tuple[int, ...] | None
     worst_backprop: float | None
     worst_autodiff: float | None
@@ -100,9 +127,11 @@ class LeafReport:
     checked: int
     size: int
     method: str
-    eps: float
-    tolerance: float
+    step: float
+    rtol: float
     batch_size: int
+    rounding_difference: float | None = None
+    joint: tuple[int, int] = (0, 0)
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,9 +140,11 @@ class LeafReport:
         for key, value in out.items():
             if isinstance(value, float) or value is None:
                 out[key] = _json_float(value)
+        out["status"] = str(self.status)
         out["shape"] = list(self.shape)
         out["worst_index"] = None if self.worst_index is None else list(self.worst_index)
         out["kinks"] = [list(k) for k in self.kinks]
+        out["joint"] = list(self.joint)
         return out
 
 
@@ -132,8 +163,10 @@ class Report:
         cost: the NumPy cost at θ.
         method: the method used.
         dtype: the precision of the system under test (lowest among params and gradient).
-        twin: how the JAX twin was obtained (``"given"`` or ``"ported"``).
+        twin: how the JAX twin was obtained: ``"given"``, ``"ported"``, or ``"none"`` for a
+            two-way check (backprop against finite differences of the NumPy cost alone).
         seconds: wall time of the check.
+        twin_error: why there is no twin in a two-way check (the port's error), else None.
     """
 
     ok: bool
@@ -147,11 +180,17 @@ class Report:
     dtype: str
     twin: str
     seconds: float
+    twin_error: str | None = None
 
     @property
     def failing(self) -> list[str]:
         """Paths of the leaves whose backprop is wrong."""
-        return [p for p, leaf in self.leaves.items() if leaf.status == "backprop"]
+        return [p for p, leaf in self.leaves.items() if leaf.status == Status.BACKPROP]
+
+    @property
+    def inconclusive(self) -> list[str]:
+        """Paths of the leaves no opinion could settle (they do not pass either)."""
+        return [p for p, leaf in self.leaves.items() if leaf.status == Status.INCONCLUSIVE]
 
     @property
     def verdict(self) -> str:
@@ -170,6 +209,14 @@ class Report:
                     "not: fix the twin (jax_cost); the backprop is not blamed."
                 )
             return "\n".join([head, *lines])
+        if not self.failing:
+            return "\n".join(
+                [
+                    f"Gradient NOT VERIFIED in {', '.join(self.inconclusive)}: backprop and "
+                    f"autodiff disagree there and finite differences cannot tell which is right.",
+                    *lines,
+                ]
+            )
         return "\n".join([f"Gradient WRONG in {', '.join(self.failing)}.", *lines])
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +224,7 @@ class Report:
         return {
             "ok": self.ok,
             "failing": self.failing,
+            "inconclusive": self.inconclusive,
             "difference_fd": _json_float(self.difference_fd),
             "difference_autodiff": _json_float(self.difference_autodiff),
             "difference_fd_autodiff": _json_float(self.difference_fd_autodiff),
@@ -185,6 +233,7 @@ class Report:
             "method": self.method,
             "dtype": self.dtype,
             "twin": self.twin,
+            "twin_error": self.twin_error,
             "seconds": self.seconds,
             "verdict": self.verdict,
             "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},
@@ -210,7 +259,7 @@ class Report:
                     if leaf.worst_index is None or leaf.status == "ok"
                     else str(tuple(leaf.worst_index)),
                     str(len(leaf.kinks)) if leaf.kinks else "",
-                    _STATUS_WORDS.get(leaf.status, leaf.status),
+                    _STATUS_WORDS.get(str(leaf.status), str(leaf.status)),
                 ]
             )
         return rows
@@ -229,15 +278,22 @@ class Report:
         "status",
     )
 
+    def _header(self) -> str:
+        size = sum(x.size for x in self.leaves.values())
+        head = (
+            f"jaxcheck: {self.method} check of {size} parameters in {len(self.leaves)} "
+            f"lea{'f' if len(self.leaves) == 1 else 'ves'} ({self.dtype} system under test, "
+        )
+        if self.twin == "none":
+            return head + f"cost {self.cost:.6g}) — two-way: no JAX twin"
+        return head + (
+            f"{self.twin} JAX twin, cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})"
+        )
+
     def __str__(self) -> str:
         rows = [list(self._HEADER), *self._rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
-        lines = [
-            f"jaxcheck: {self.method} check of {sum(x.size for x in self.leaves.values())} "
-            f"parameters in {len(self.leaves)} lea{'f' if len(self.leaves) == 1 else 'ves'} "
-            f"({self.dtype} system under test, "
-            f"{self.twin} JAX twin, cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})",
-        ]
+        lines = [self._header()]
         for i, row in enumerate(rows):
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if i == 0:
@@ -247,6 +303,8 @@ class Report:
             f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}"
         )
         lines.append(self.verdict)
+        if self.twin == "none":
+            lines.append(_two_way_note(self.twin_error))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -261,7 +319,7 @@ class Report:
             style = _ROW_STYLES.get(leaf.status, "")
             cells = "".join(f'<td style="{cell}">{html.escape(c)}</td>' for c in row)
             body.append(
-                f'<tr class="jaxcheck-{html.escape(leaf.status)}" style="{style}">{cells}</tr>'
+                f'<tr class="jaxcheck-{html.escape(str(leaf.status))}" style="{style}">{cells}</tr>'
             )
         colour = "#070" if self.ok else "#b00"
         verdict = "<br>".join(html.escape(line) for line in self.verdict.splitlines())

@@ -7,16 +7,18 @@ smallest near the cube root of machine epsilon, which is where ``jc.check`` step
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from . import finite_differences as fdiff
 from . import verdict as vd
 from .errors import InputError
+from .finite_differences import evaluate
+from .options import Options
+from .plan import default_step, plan
+from .system import prepare
 
 __all__ = ["StepSweep", "step_sweep"]
 
@@ -111,44 +113,44 @@ def step_sweep(
         >>> bool(sweep.difference_fd[1] < min(sweep.difference_fd[0], sweep.difference_fd[2]))
         True
     """
-    check_module = sys.modules["jaxcheck.check"]
     if method not in ("full", "sample"):
         raise InputError(f"step_sweep supports method='full' or 'sample', not {method!r}.")
     steps = np.sort(np.asarray(np.logspace(-12, -1, 23) if steps is None else steps, float))
     if steps.ndim != 1 or steps.size == 0 or not np.all(np.isfinite(steps) & (steps > 0)):
         raise InputError(f"steps must be a non-empty list of positive floats, got {steps!r}.")
-    check_module._options(method, samples, None, None, None, batch_size, memory_budget)
-    prep = check_module.prepare(cost, grad, params, jax_cost=jax_cost)
-    coords = []
-    for i, theta in enumerate(prep.leaves64):
-        if method == "full":
-            coords.append(np.arange(theta.size))
-        else:
-            rng = np.random.default_rng([seed, i])
-            samples_ = samples or check_module.DEFAULT_SAMPLES
-            coords.append(check_module._sample(theta.size, samples_, rng))
-    bp = np.concatenate([b.astype(np.float64).ravel()[c] for b, c in zip(prep.backprop, coords)])
+    base = Options(
+        method=method,
+        samples=samples,
+        seed=seed,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        twin="required",
+    )
+    system = prepare(cost, grad, params, jax_cost, base)
     diff_bp, diff_ad = [], []
     with jax.enable_x64(True):
         for h in steps:
-            probes = [
-                check_module._coordinate_probe(i, theta, c, float(h))
-                for i, (theta, c) in enumerate(zip(prep.leaves64, coords))
-            ]
-            _, gradient, evals = fdiff.evaluate(
-                prep.twin,
-                prep.leaves.treedef,
-                prep.leaves64,
-                probes,
-                backprop=prep.backprop,
+            options = dataclasses.replace(base, eps=float(h))
+            groups = plan(system.leaves64, system.leaves.paths, options)
+            _, gradient, evals = evaluate(
+                system.twin,
+                system.leaves64,
+                [g.probe for g in groups],
+                backprop=system.backprop,
                 batch_size=batch_size,
                 memory_budget=memory_budget,
                 progress=False,
             )
-            fd = np.concatenate([(e.up - e.down) / (e.step_up + e.step_down) for e in evals])
-            ad = np.concatenate([g.ravel()[c] for g, c in zip(gradient, coords) if c.size])
-            diff_bp.append(vd.relative_difference(bp, fd))
-            diff_ad.append(vd.relative_difference(fd, ad))
+            fd, bp, ad = [], [], []
+            for group, e in zip(groups, evals):
+                n = group.probe.count
+                fd.append((e.up - e.down) / (e.step_up + e.step_down))
+                for owner, local in zip(group.owner[:n], group.local[:n]):
+                    bp.append(float(system.backprop[owner].reshape(-1)[local]))
+                    ad.append(float(gradient[owner].reshape(-1)[local]))
+            fd = np.concatenate(fd)
+            diff_bp.append(vd.relative_difference(np.array(bp), fd))
+            diff_ad.append(vd.relative_difference(fd, np.array(ad)))
     diff_bp, diff_ad = np.array(diff_bp), np.array(diff_ad)
     finite = np.where(np.isfinite(diff_ad), diff_ad, np.inf)
     return StepSweep(
@@ -156,5 +158,5 @@ def step_sweep(
         difference_fd=diff_bp,
         difference_fd_autodiff=diff_ad,
         best_step=float(steps[int(np.argmin(finite))]),
-        default_step=float(check_module.default_step(np.zeros(1))[0]),
+        default_step=float(default_step(np.zeros(1))[0]),
     )

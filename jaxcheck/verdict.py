@@ -7,6 +7,7 @@ the twin) and finite differences (of the twin). Two that agree outvote the third
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import numpy as np
 
@@ -15,25 +16,71 @@ __all__ = [
     "FD_USEFUL",
     "KINK_RATIO",
     "ROUNDING_SAFETY",
-    "STATUSES",
     "Opinions",
+    "Status",
     "Tolerance",
     "classify",
-    "rounding_error",
+    "epsilon",
     "relative_difference",
-    "tolerance_for",
+    "rounding_error",
+    "rtol_for",
 ]
 
-#: Leaf statuses, from the most to the least serious.
-STATUSES = ("backprop", "twin", "kink", "fd-unreliable", "ok")
 
-# Probe classes (internal codes); their order matches STATUSES.
-BACKPROP, TWIN, KINK, FD_UNRELIABLE, OK = range(5)
+class Status(str, enum.Enum):
+    """The verdict on a leaf (or one probe of it), from the most to the least serious.
 
-#: Relative tolerance on backprop vs autodiff, by the itemsize of the backprop gradient.
-RTOL_BY_ITEMSIZE = {8: 1e-7, 4: 1e-3, 2: 5e-2}
-#: The absolute floor is this fraction of rtol times the largest |∂J/∂θ| of the whole model, so a
-#: leaf whose true gradient is zero is judged against the scale of the whole gradient.
+    Only ``BACKPROP`` blames the user's gradient; ``INCONCLUSIVE`` says no opinion could be
+    trusted to decide, so the check does not pass either.
+    """
+
+    #: The hand-written gradient is wrong.
+    BACKPROP = "backprop"
+    #: backprop and autodiff disagree and finite differences cannot tell which is right.
+    INCONCLUSIVE = "inconclusive"
+    #: ``jax.grad`` of the twin disagrees with finite differences, which agree with backprop.
+    TWIN = "twin"
+    #: A non-differentiable point; backprop is a valid (one-sided) subgradient there.
+    KINK = "kink"
+    #: The formula is right (its float64 re-run agrees); low-precision rounding explains the rest.
+    ROUNDING = "rounding"
+    #: Finite differences strayed where backprop and autodiff agree: not a bug.
+    FD_UNRELIABLE = "fd-unreliable"
+    #: All opinions agree.
+    OK = "ok"
+
+    __hash__ = str.__hash__  # so that "ok" and Status.OK are one key in a dict or set
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def rank(self) -> int:
+        """Position from the most serious (0) to the least."""
+        return _ORDER.index(self)
+
+    @property
+    def passes(self) -> bool:
+        """Whether a leaf with this status passes the check."""
+        return self not in (Status.BACKPROP, Status.INCONCLUSIVE)
+
+
+_ORDER = list(Status)
+#: Probe class codes (int8 arrays), in the order of :class:`Status`.
+CODES = {status: code for code, status in enumerate(_ORDER)}
+BACKPROP, INCONCLUSIVE, TWIN, KINK, ROUNDING, FD_UNRELIABLE, OK = range(len(_ORDER))
+
+#: Relative tolerance on backprop vs autodiff for float64 (and wider) gradients.
+RTOL_FLOAT64 = 1e-7
+#: For narrower floats, rtol grows with the dtype's own epsilon from 1e-3 for float32 ...
+RTOL_FLOAT32 = 1e-3
+#: ... but never more than 1%: a derivative that far off is a formula error, not rounding, in a
+#: well-conditioned model (and where rounding really is that large, the float64 re-run says so).
+RTOL_CAP = 1e-2
+#: The absolute floor is this fraction of rtol times the largest |∂J/∂θ| of the leaf itself.
 ATOL_FRACTION = 1e-2
 #: Relative tolerance of finite differences (always float64) against autodiff.
 FD_RTOL = 1e-6
@@ -46,57 +93,64 @@ FD_USEFUL = 1e-2
 ROUNDING_SAFETY = 256.0
 #: One-sided slope gap at h over the gap at 2h: 1/2 where the cost is smooth, 1 at a kink.
 KINK_RATIO = 0.8
+#: When all three opinions disagree, the one finite differences sit this many times closer to
+#: is believed; otherwise the probe is inconclusive.
+CLOSER = 10.0
 
 _U64 = float(np.finfo(np.float64).eps)
+_U32 = float(np.finfo(np.float32).eps)
+
+
+def rtol_for(dtype: np.dtype) -> float:
+    """The relative tolerance for a gradient of ``dtype``, from the dtype's own epsilon.
+
+    float64 and wider: 1e-7; narrower floats: 1e-3 × their epsilon over float32's, at most
+    1e-2 (float32: 1e-3; float16, bfloat16: 1e-2).
+
+    Examples:
+        >>> import numpy as np
+        >>> rtol_for(np.dtype(np.float64))
+        1e-07
+        >>> rtol_for(np.dtype(np.float32))
+        0.001
+        >>> rtol_for(np.dtype(np.float16))
+        0.01
+        >>> rtol_for(np.dtype(np.longdouble))
+        1e-07
+    """
+    eps = epsilon(dtype)
+    if eps <= _U64:
+        return RTOL_FLOAT64
+    return float(min(RTOL_CAP, RTOL_FLOAT32 * eps / _U32))
+
+
+def epsilon(dtype: np.dtype) -> float:
+    """The machine epsilon of a floating dtype (NumPy's or an ml_dtypes one such as bfloat16)."""
+    try:
+        return float(np.finfo(dtype).eps)
+    except (TypeError, ValueError):  # bfloat16 and other ml_dtypes
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)
 
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    """How closely two opinions must agree.
+    """How closely two opinions must agree on one leaf.
 
     Attributes:
-        rtol: relative tolerance of backprop against autodiff (by the gradient's dtype).
-        atol: absolute floor, ``rtol · ATOL_FRACTION · scale``.
+        rtol: relative tolerance of backprop against autodiff.
+        atol: absolute floor of backprop against autodiff, per entry or one for the leaf.
         fd_rtol: relative tolerance of finite differences against autodiff.
         fd_atol: absolute floor for finite differences.
-        scale: the largest |∂J/∂θ| of the whole model (autodiff), the gradient's scale.
+        scale: the largest |∂J/∂θ| of the leaf (autodiff).
     """
 
     rtol: float
-    atol: float
+    atol: np.ndarray | float
     fd_rtol: float
     fd_atol: float
     scale: float
-
-
-def tolerance_for(dtype: np.dtype, scale: float, rtol: float | None = None) -> Tolerance:
-    """The tolerance for a backprop gradient of ``dtype`` whose model-wide scale is ``scale``.
-
-    Args:
-        dtype: dtype of the user's gradient leaf (float64, float32, float16, bfloat16).
-        scale: largest absolute gradient entry of the whole model.
-        rtol: overrides the dtype's relative tolerance.
-
-    Returns:
-        The :class:`Tolerance`.
-
-    Examples:
-        >>> import numpy as np
-        >>> tolerance_for(np.dtype(np.float64), 1.0).rtol
-        1e-07
-        >>> tolerance_for(np.dtype(np.float32), 1.0).rtol
-        0.001
-    """
-    if rtol is None:
-        rtol = RTOL_BY_ITEMSIZE.get(np.dtype(dtype).itemsize, 5e-2)
-    scale = float(scale) if np.isfinite(scale) else 0.0
-    return Tolerance(
-        rtol=float(rtol),
-        atol=float(rtol) * ATOL_FRACTION * scale,
-        fd_rtol=FD_RTOL,
-        fd_atol=FD_RTOL * ATOL_FRACTION * scale,
-        scale=scale,
-    )
 
 
 def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,10 +177,15 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return num / den
 
 
-def rounding_error(j_up: np.ndarray, j_down: np.ndarray, h_total: np.ndarray) -> np.ndarray:
-    """Rounding error of a float64 difference quotient ``(J_up − J_down) / h_total``."""
+def rounding_error(
+    j_up: np.ndarray, j_down: np.ndarray, h_total: np.ndarray, unit: float = _U64
+) -> np.ndarray:
+    """Rounding error of a difference quotient ``(J_up − J_down) / h_total``.
+
+    ``unit`` is the rounding unit the cost values were computed in (float64's by default).
+    """
     mags = np.maximum(np.abs(j_up), np.abs(j_down))
-    return ROUNDING_SAFETY * _U64 * mags / h_total
+    return ROUNDING_SAFETY * unit * mags / h_total
 
 
 @dataclasses.dataclass
@@ -143,7 +202,6 @@ class Opinions:
         rounding: estimated rounding error of ``finite``.
         slope_error: estimated error of the one-sided slopes (first order in h, plus rounding).
         kink: True where the one-sided slopes reveal a crossed non-differentiable point.
-        refined: True where the probe was also evaluated at step 2h.
     """
 
     backprop: np.ndarray
@@ -155,53 +213,88 @@ class Opinions:
     rounding: np.ndarray
     slope_error: np.ndarray
     kink: np.ndarray
-    refined: np.ndarray
 
 
-def _close(a: np.ndarray, b: np.ndarray, rtol: float, atol: np.ndarray | float) -> np.ndarray:
+def close(a: np.ndarray, b: np.ndarray, rtol: float, atol: np.ndarray | float) -> np.ndarray:
+    """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close."""
     with np.errstate(invalid="ignore", over="ignore"):
-        return np.abs(a - b) <= rtol * (np.abs(a) + np.abs(b)) + atol
+        out = np.abs(a - b) <= rtol * (np.abs(a) + np.abs(b)) + atol
+    return out & np.isfinite(a) & np.isfinite(b)
 
 
 def backprop_agrees(bp: np.ndarray, ad: np.ndarray, tol: Tolerance) -> np.ndarray:
     """Where backprop agrees with autodiff (NaN and inf never agree)."""
-    return _close(bp, ad, tol.rtol, tol.atol)
+    return close(bp, ad, tol.rtol, tol.atol)
 
 
 def suspicious(op: Opinions, tol: Tolerance) -> np.ndarray:
     """Probes whose verdict depends on finite differences being trustworthy there."""
-    fd_ok = _close(op.finite, op.autodiff, tol.fd_rtol, tol.fd_atol + op.rounding)
+    fd_ok = close(op.finite, op.autodiff, tol.fd_rtol, tol.fd_atol + op.rounding)
     return ~backprop_agrees(op.backprop, op.autodiff, tol) | ~fd_ok
 
 
-def classify(op: Opinions, tol: Tolerance) -> np.ndarray:
-    """Classifies each probe: BACKPROP, TWIN, KINK, FD_UNRELIABLE or OK (internal codes).
+def classify(op: Opinions, tol: Tolerance, *, autodiff: bool = True) -> np.ndarray:
+    """Classifies each probe; returns :class:`Status` codes (int8, see ``CODES``).
 
     - backprop ≈ autodiff: OK when finite differences agree within their estimated error,
       KINK at a kink, FD_UNRELIABLE when they stray beyond it or their error is too large;
     - backprop ≠ autodiff, at a kink, between the one-sided slopes: KINK (a valid subgradient);
     - backprop ≈ finite differences ≠ autodiff: TWIN (jax.grad of the twin is wrong there);
-    - otherwise: BACKPROP.
+    - finite differences ≈ autodiff ≠ backprop, precise enough to tell them apart: BACKPROP;
+    - all three apart: the opinion finite differences sit far closer to wins, else INCONCLUSIVE;
+    - a non-finite backprop where autodiff is finite: always BACKPROP.
+
+    With ``autodiff=False`` (no JAX twin: two-way check) ``op.autodiff`` is ignored and backprop
+    is judged against finite differences alone.
     """
-    bp, ad, fd = op.backprop, op.autodiff, op.finite
+    bp, fd = op.backprop, op.finite
+    ad = op.autodiff if autodiff else fd
+    err = op.error
     bp_ad = backprop_agrees(bp, ad, tol)
-    fd_ad = _close(fd, ad, tol.fd_rtol, tol.fd_atol + op.error)
-    # Finite differences whose own error estimate is too large cannot vouch for anything.
-    with np.errstate(invalid="ignore"):
-        precise = op.error <= FD_USEFUL * (np.abs(fd) + np.abs(ad) + ATOL_FRACTION * tol.scale)
-    bp_fd = _close(bp, fd, max(tol.rtol, tol.fd_rtol), tol.atol + op.error)
+    fd_ad = close(fd, ad, tol.fd_rtol, tol.fd_atol + err)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # ... and what the rounding floor allows where the derivative itself is about zero.
+        precise = err <= FD_USEFUL * (np.abs(fd) + np.abs(ad) + ATOL_FRACTION * tol.scale) + (
+            4 * tol.atol
+        )
+        # Finite differences can tell backprop from autodiff only where their error is well
+        # below the gap between the two.
+        decisive = precise & (2 * err < np.abs(bp - ad))
+        bp_fd = close(bp, fd, max(tol.rtol, tol.fd_rtol), tol.atol + err)
+        to_bp, to_ad = np.abs(fd - bp), np.abs(fd - ad)
     margin = op.slope_error + tol.atol + tol.rtol * np.abs(bp)
     lo = np.minimum(op.slope_up, op.slope_down) - margin
     hi = np.maximum(op.slope_up, op.slope_down) + margin
     with np.errstate(invalid="ignore"):
         subgradient = op.kink & (bp >= lo) & (bp <= hi)
-    out = np.full(bp.shape, BACKPROP, dtype=np.int8)
+    out = np.full(bp.shape, INCONCLUSIVE, dtype=np.int8)
+    if not autodiff:
+        out[bp_fd & precise] = OK
+        out[~bp_fd & decisive_two_way(bp, fd, err, precise)] = BACKPROP
+        out[op.kink & subgradient] = KINK
+        out[~np.isfinite(bp) & np.isfinite(fd)] = BACKPROP
+        return out
     out[bp_ad] = FD_UNRELIABLE
     out[bp_ad & fd_ad & precise] = OK
     out[bp_ad & op.kink] = KINK
+    disagree = ~bp_ad & ~subgradient
     out[~bp_ad & subgradient] = KINK
-    out[~bp_ad & ~subgradient & bp_fd & ~fd_ad & precise] = TWIN
+    out[disagree & fd_ad & ~bp_fd & decisive] = BACKPROP
+    out[disagree & bp_fd & ~fd_ad & decisive] = TWIN
+    apart = disagree & ~fd_ad & ~bp_fd & precise
+    with np.errstate(invalid="ignore"):
+        out[apart & (CLOSER * to_ad < to_bp)] = BACKPROP
+        out[apart & (CLOSER * to_bp < to_ad)] = TWIN
+    out[~np.isfinite(bp) & np.isfinite(ad)] = BACKPROP
     return out
+
+
+def decisive_two_way(
+    bp: np.ndarray, fd: np.ndarray, err: np.ndarray, precise: np.ndarray
+) -> np.ndarray:
+    """Where finite differences alone are precise enough to call backprop wrong."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return precise & (2 * err < np.abs(bp - fd))
 
 
 def kinks(

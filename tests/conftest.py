@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcheck import lesson
+from jaxcheck import lesson as classic
 
 
 @pytest.fixture(autouse=True)
@@ -20,23 +20,23 @@ class Lesson:
     """The lesson's network as (cost, grad, buggy grad, twin, params)."""
 
     def __init__(self, dtype=np.float64):
-        X, Y, params = lesson.gradient_check_n_test_case()
+        X, Y, params = classic.gradient_check_n_test_case()
         self.X, self.Y = X.astype(dtype), Y
         self.params = {k: v.astype(dtype) for k, v in params.items()}
 
     def cost(self, p):
-        return lesson.forward_propagation_n(self.X, self.Y, p)
+        return classic.forward_propagation_n(self.X, self.Y, p)
 
     def grad(self, p):
-        _, cache = lesson.forward_propagation_n(self.X, self.Y, p)
-        return lesson.backward_propagation_n(self.X, self.Y, cache)
+        _, cache = classic.forward_propagation_n(self.X, self.Y, p)
+        return classic.backward_propagation_n(self.X, self.Y, cache)
 
     def buggy(self, p):
-        _, cache = lesson.forward_propagation_n(self.X, self.Y, p)
-        return lesson.backward_propagation_n_buggy(self.X, self.Y, cache)
+        _, cache = classic.forward_propagation_n(self.X, self.Y, p)
+        return classic.backward_propagation_n_buggy(self.X, self.Y, cache)
 
     def twin(self, p):
-        return lesson.forward_propagation_n_jax(self.X, self.Y, p)
+        return classic.forward_propagation_n_jax(self.X, self.Y, p)
 
 
 @pytest.fixture

@@ -15,29 +15,30 @@ import pytest
 import jaxcheck as jc
 from jaxcheck import finite_differences as fd
 from jaxcheck import models
+from jaxcheck.options import Options
+from jaxcheck.plan import plan
+from jaxcheck.system import prepare
 
-check_module = sys.modules["jaxcheck.check"]
+
+def _prepared(model):
+    options = Options()
+    system = prepare(model.cost, model.grad, model.params, model.jax_cost, options)
+    return system, plan(system.leaves64, system.leaves.paths, options)
 
 
 def _evaluate(model, *, incremental, batch_size=None, memory_budget=None):
-    prep = check_module.prepare(model.cost, model.grad, model.params, jax_cost=model.jax_cost)
+    system, groups = _prepared(model)
     with jax.enable_x64(True):
-        works = check_module._probes(prep, "full", None, None, None, 0)
-        old = fd.INCREMENTAL, fd.INCREMENTAL_MIN_SIZE
-        fd.INCREMENTAL, fd.INCREMENTAL_MIN_SIZE = incremental, 1
-        try:
-            return fd.evaluate(
-                prep.twin,
-                prep.leaves.treedef,
-                prep.leaves64,
-                [w.probe for w in works],
-                backprop=prep.backprop,
-                batch_size=batch_size,
-                memory_budget=memory_budget,
-                progress=False,
-            )
-        finally:
-            fd.INCREMENTAL, fd.INCREMENTAL_MIN_SIZE = old
+        return fd.evaluate(
+            system.twin,
+            system.leaves64,
+            [g.probe for g in groups],
+            backprop=system.backprop,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+            progress=False,
+            incremental=incremental,
+        )
 
 
 @pytest.mark.parametrize("name", models.names(), ids=models.names())
@@ -52,79 +53,66 @@ def test_incremental_evaluation_equals_evaluation_from_scratch(name):
         np.testing.assert_allclose(a.down, b.down, rtol=0, atol=1e-13 * scale)
 
 
-def test_incremental_evaluation_skips_the_first_product(monkeypatch):
-    monkeypatch.setattr(fd, "INCREMENTAL_MIN_SIZE", 1)
-    fd._program.cache_clear()
+def _first_leaf_probe(system, groups, path):
+    index = system.leaves.paths.index(path)
+    return next(g.probe for g in groups if g.probe.leaves == (index,))
+
+
+def test_incremental_evaluation_skips_the_first_product():
     model = models.make("relu_mlp", layers=[40, 30, 5, 1], m=8)
-    prep = check_module.prepare(model.cost, model.grad, model.params, jax_cost=model.jax_cost)
+    system, groups = _prepared(model)
+    probe = _first_leaf_probe(system, groups, "layers/0/W")
     flops = {}
     with jax.enable_x64(True):
-        probe = check_module._probes(prep, "full", None, None, None, 0)[0].probe  # layers/0/W
-        arrays = tuple(
-            fd._pad_rows(a, 1, probe.count)
-            for a in (probe.coords.astype(np.int32), probe.step_up, probe.step_down)
-        )
-        layout = ((probe.leaf, "coordinate", 1, probe.count),)
         for incremental in (True, False):
-            program = fd._program(
-                prep.twin, prep.leaves.treedef, layout, False, False, (0,), incremental
+            lowered = fd.lower(
+                system.twin,
+                system.leaves64,
+                [probe],
+                with_gradient=False,
+                batch_size=probe.count,
+                incremental=incremental,
             )
-            compiled = program.lower(prep.leaves64, prep.leaves64, [arrays]).compile()
-            analysis = compiled.cost_analysis()
+            analysis = lowered.compile().cost_analysis()
             analysis = analysis[0] if isinstance(analysis, list) else analysis
             flops[incremental] = analysis["flops"]
-    # from scratch, each of the 2·1200 evaluations redoes the 40→30 product over 8 examples
-    assert flops[False] - flops[True] > 0.8 * 2 * 1200 * 2 * 40 * 30 * 8
+    # from scratch, each of the evaluations (±h, ±2h) redoes the 40→30 product over 8 examples
+    evaluations = 4 if probe.double else 2
+    assert flops[False] - flops[True] > 0.8 * evaluations * 1200 * 2 * 40 * 30 * 8
 
 
 def test_an_unfollowable_twin_falls_back_to_evaluation_from_scratch(monkeypatch, caplog):
     model = models.make("tanh_mlp")
-    monkeypatch.setattr(fd, "INCREMENTAL_MIN_SIZE", 1)
 
     def broken(*args, **kwargs):
         raise NotImplementedError("incremental evaluator cannot follow this twin")
 
     monkeypatch.setattr(fd, "perturbed_cost", broken)
-    fd._program.cache_clear()
-    fd._evaluation_bytes.cache_clear()
     with caplog.at_level("WARNING", logger="jaxcheck"):
-        report = jc.check(model.cost, model.grad, model.params, jax_cost=model.jax_cost)
+        report = jc.check(
+            model.cost, model.grad, model.params, jax_cost=model.jax_cost, incremental=True
+        )
     assert report.ok
     assert "evaluating every perturbed point from scratch" in caplog.text
-    fd._program.cache_clear()
-    fd._evaluation_bytes.cache_clear()
 
 
 def test_batch_size_follows_the_memory_budget_and_bounds_compiled_memory():
     for layers in ([30, 40, 10, 1], [60, 80, 10, 1]):
         model = models.make("relu_mlp", layers=layers, m=16)
-        prep = check_module.prepare(model.cost, model.grad, model.params, jax_cost=model.jax_cost)
+        system, groups = _prepared(model)
+        probes = [g.probe for g in groups]
+        sizes = []
         with jax.enable_x64(True):
-            works = check_module._probes(prep, "full", None, None, None, 0)
-            sizes = []
             for budget in (2**18, 2**22):
-                layout, args = [], []
-                for w in works:
-                    p = w.probe
-                    per = fd.evaluation_bytes(prep.twin, prep.leaves.treedef, prep.leaves64, p.leaf)
-                    size = fd._batch_size(p.count, per, budget, 1)
-                    batches = -(-p.count // size)
-                    layout.append((p.leaf, "coordinate", batches, size))
-                    args.append(
-                        tuple(
-                            fd._pad_rows(a, batches, size)
-                            for a in (p.coords.astype(np.int32), p.step_up, p.step_down)
-                        )
-                    )
-                sizes.append(layout[0][3])
-                program = fd._program(
-                    prep.twin, prep.leaves.treedef, tuple(layout), True, False, (0,), True
+                batches = fd._batches(
+                    system.twin, system.leaves64, probes, None, budget, None, None
                 )
-                compiled = program.lower(prep.leaves64, prep.leaves64, args).compile()
+                sizes.append(batches.sizes[-1])
+                lowered = fd.lower(system.twin, system.leaves64, probes, memory_budget=budget)
                 # one batch of perturbations at a time: the budget bounds the working memory,
                 # whatever the number of parameters
-                assert compiled.memory_analysis().temp_size_in_bytes <= budget
-            assert sizes[0] < sizes[1]
+                assert lowered.compile().memory_analysis().temp_size_in_bytes <= budget
+        assert sizes[0] < sizes[1]
 
 
 def test_default_memory_budget_on_cpu():

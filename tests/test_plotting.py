@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
-from jaxcheck import plotting, seed
+from jaxcheck import lesson, plotting
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -30,7 +30,9 @@ def _lesson_report(backward):
     def grad(p):
         return backward(X, Y, cost(p)[1])
 
-    return jc.check(cost, grad, params, jax_cost=lambda p: lesson.forward_propagation_n_jax(X, Y, p))
+    return jc.check(
+        cost, grad, params, jax_cost=lambda p: lesson.forward_propagation_n_jax(X, Y, p)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_plot_shows_differences_tolerance_and_fd_error(buggy: jc.Report) -> None
     bars = [p.get_y() + p.get_height() for p in ax.containers[0]]
     np.testing.assert_allclose(bars, [x.fd_error for x in leaves])
     tolerance = [seg[0][1] for seg in ax.collections[0].get_segments()]
-    np.testing.assert_allclose(tolerance, [x.tolerance for x in leaves])
+    np.testing.assert_allclose(tolerance, [x.rtol for x in leaves])
     labels = ax.get_legend_handles_labels()[1]
     assert "tolerance" in labels and "finite-difference error estimate" in labels
 

@@ -1,0 +1,391 @@
+"""From evaluations to verdicts: the opinions per probe, their refinement, and a status per leaf.
+
+Every entry is judged backprop vs autodiff; finite differences decide where those two disagree
+(every method probes each disagreeing entry itself, so the verdict never depends on the method)
+and check the twin where they agree. Entries accepted one at a time as subgradients at a kink
+are then tested jointly, along directions spanning the kink set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from . import verdict as vd
+from .finite_differences import Evaluation, Probe
+from .plan import Group, coordinate_probes, default_step
+from .verdict import Opinions, Status, Tolerance
+
+__all__ = ["Evidence", "MAX_REFINE", "collect", "leaf_status", "leaf_tolerance", "refinement"]
+
+#: Most entries per leaf re-evaluated (at ±h and ±2h) to settle a disagreement or find kinks.
+MAX_REFINE = 4096
+#: Most pairs of neighbouring kink entries per leaf tested jointly.
+MAX_PAIRS = 256
+#: Random sign patterns over a leaf's kink set tested jointly.
+RANDOM_PATTERNS = 8
+
+_U64 = float(np.finfo(np.float64).eps)
+
+#: Evaluates probe groups: ``(groups, double_steps) -> evaluations``, bound to the twin or the
+#: NumPy cost by the caller.
+Evaluator = Callable[[Sequence[Probe]], list[Evaluation]]
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What finite differences said about one leaf.
+
+    Attributes:
+        coords: flat indices of the entries with coordinate opinions, ascending.
+        op: the opinions at ``coords``.
+        refined: True where the entry was also evaluated at 2h.
+        directions: opinions along random directions (directional method), or None.
+        directions_refined: True where a direction was also evaluated at 2h.
+        step: the largest step used in this leaf.
+        batch_size: perturbations per vmapped batch.
+        seed: the seed of the random directions.
+        joint: how many joint kink directions were tested, and how many failed.
+    """
+
+    coords: np.ndarray
+    op: Opinions | None
+    refined: np.ndarray
+    directions: Opinions | None = None
+    directions_refined: np.ndarray | None = None
+    step: float = 0.0
+    batch_size: int = 0
+    seed: int = 0
+    joint: tuple[int, int] = (0, 0)
+
+
+def _opinions(
+    bp: np.ndarray,
+    ad: np.ndarray,
+    ev: Evaluation,
+    value: float,
+    rows: np.ndarray,
+) -> tuple[Opinions, np.ndarray]:
+    up, down = ev.up[rows], ev.down[rows]
+    s_up, s_down = ev.step_up[rows], ev.step_down[rows]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        finite = (up - down) / (s_up + s_down)
+        slope_up = (up - value) / s_up
+        slope_down = (value - down) / s_down
+    rounding = vd.rounding_error(up, down, s_up + s_down, ev.unit)
+    op = Opinions(
+        bp,
+        ad,
+        finite,
+        slope_up,
+        slope_down,
+        rounding.copy(),
+        rounding,
+        4 * rounding,
+        np.zeros(rows.size, bool),
+    )
+    refined = np.zeros(rows.size, bool)
+    if ev.up2 is not None:
+        _add_double(op, ev.up2[rows], ev.down2[rows], 2 * s_up, 2 * s_down, value, ev.unit)
+        refined[:] = True
+    return op, refined
+
+
+def _add_double(
+    op: Opinions,
+    up: np.ndarray,
+    down: np.ndarray,
+    s_up: np.ndarray,
+    s_down: np.ndarray,
+    value: float,
+    unit: float,
+) -> None:
+    """Truncation error, one-sided slopes and kinks from a second evaluation at 2h."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        finite_2h = (up - down) / (s_up + s_down)
+        slope_up_2h = (up - value) / s_up
+        slope_down_2h = (value - down) / s_down
+        truncation = np.abs(finite_2h - op.finite) / 3
+    rounding_2h = vd.rounding_error(up, down, s_up + s_down, unit)
+    op.error = op.rounding + truncation + rounding_2h
+    op.kink = vd.kinks(op.slope_up, op.slope_down, slope_up_2h, slope_down_2h, op.rounding)
+    op.slope_error = (
+        np.maximum(np.abs(slope_up_2h - op.slope_up), np.abs(slope_down_2h - op.slope_down))
+        + 4 * op.rounding
+        + 2 * rounding_2h
+    )
+
+
+def _take(op: Opinions, rows: np.ndarray) -> Opinions:
+    return Opinions(*(getattr(op, f.name)[rows] for f in dataclasses.fields(Opinions)))
+
+
+def _merge(
+    old: Opinions | None,
+    old_coords: np.ndarray,
+    old_refined: np.ndarray,
+    new: Opinions,
+    new_coords: np.ndarray,
+    new_refined: np.ndarray,
+) -> tuple[Opinions, np.ndarray, np.ndarray]:
+    """Coordinate opinions of both, the new ones winning where both have an entry."""
+    if old is None or old_coords.size == 0:
+        order = np.argsort(new_coords, kind="stable")
+        return _take(new, order), new_coords[order], new_refined[order]
+    keep = ~np.isin(old_coords, new_coords)
+    coords = np.concatenate([old_coords[keep], new_coords])
+    order = np.argsort(coords, kind="stable")
+    fields = {}
+    for f in dataclasses.fields(Opinions):
+        fields[f.name] = np.concatenate([getattr(old, f.name)[keep], getattr(new, f.name)])[order]
+    refined = np.concatenate([old_refined[keep], new_refined])[order]
+    return Opinions(**fields), coords[order], refined
+
+
+def collect(
+    groups: Sequence[Group],
+    evaluations: Sequence[Evaluation],
+    value: float,
+    backprop: Sequence[np.ndarray],
+    gradient: Sequence[np.ndarray],
+    evidence: list[Evidence],
+) -> None:
+    """Adds the opinions of evaluated probe groups to each leaf's evidence (in place)."""
+    for group, ev in zip(groups, evaluations):
+        probe = group.probe
+        n = probe.count
+        owners, local = group.owner[:n], group.local[:n]
+        if probe.kind == "direction":
+            i = probe.leaves[0]
+            e = evidence[i]
+            rows = np.arange(n)
+            if e.directions is None:
+                e.directions, e.directions_refined = _opinions(
+                    ev.projected_backprop, ev.projected_autodiff, ev, value, rows
+                )
+            else:  # a re-evaluation at 2h of some directions
+                picked = local
+                d = e.directions
+                sub = _take(d, picked)
+                _add_double(sub, ev.up, ev.down, ev.step_up, ev.step_down, value, ev.unit)
+                for f in ("error", "kink", "slope_error"):
+                    getattr(d, f)[picked] = getattr(sub, f)
+                e.directions_refined[picked] = True
+            e.step = max(e.step, float(probe.step))
+            e.seed = probe.seed
+            e.batch_size = max(e.batch_size, ev.batch_size)
+            continue
+        for i in np.unique(owners):
+            rows = np.flatnonzero(owners == i)
+            idx = local[rows]
+            # Padding repeats the first probe: keep each entry once.
+            idx, first = np.unique(idx, return_index=True)
+            rows = rows[first]
+            bp = backprop[i].astype(np.float64).reshape(-1)[idx]
+            ad = gradient[i].reshape(-1)[idx] if gradient is not None else bp
+            op, refined = _opinions(bp, ad, ev, value, rows)
+            e = evidence[i]
+            e.op, e.coords, e.refined = _merge(e.op, e.coords, e.refined, op, idx, refined)
+            e.step = max(e.step, float(np.max(ev.step_up[rows], initial=0.0)))
+            e.batch_size = max(e.batch_size, ev.batch_size)
+
+
+def leaf_tolerance(
+    dtype: np.dtype,
+    theta: np.ndarray,
+    autodiff: np.ndarray | None,
+    cost: float,
+    eps: float | None,
+    rtol: float | None,
+) -> Tolerance:
+    """The tolerance for one leaf: its dtype's rtol and a floor from the leaf's own noise.
+
+    The absolute floor of each entry is the larger of a small fraction of the leaf's own largest
+    derivative and the rounding error of a finite difference there (≈ 256·u·|J| / 2h): below it
+    no opinion can be confirmed, and a leaf whose true gradient is zero (dead units, a bias before
+    batch norm) passes with rounding-level garbage in its backprop. Other leaves do not matter.
+    """
+    rtol = vd.rtol_for(dtype) if rtol is None else float(rtol)
+    ad = np.asarray(autodiff, np.float64).reshape(-1) if autodiff is not None else np.zeros(0)
+    finite = ad[np.isfinite(ad)]
+    scale = float(np.max(np.abs(finite), initial=0.0))
+    x = theta.reshape(-1)
+    h = default_step(x) if eps is None else np.full(x.shape, float(eps))
+    noise = vd.ROUNDING_SAFETY * _U64 * abs(cost) / (2 * h)
+    atol = np.maximum(rtol * vd.ATOL_FRACTION * scale, noise)
+    return Tolerance(
+        rtol=rtol,
+        atol=atol,
+        fd_rtol=vd.FD_RTOL,
+        fd_atol=vd.FD_RTOL * vd.ATOL_FRACTION * scale,
+        scale=scale,
+    )
+
+
+def _at(tol: Tolerance, rows: np.ndarray) -> Tolerance:
+    atol = tol.atol[rows] if np.ndim(tol.atol) else tol.atol
+    return dataclasses.replace(tol, atol=atol)
+
+
+def refinement(
+    evidence: Sequence[Evidence],
+    backprop: Sequence[np.ndarray],
+    gradient: Sequence[np.ndarray] | None,
+    tolerances: Sequence[Tolerance],
+    leaves: Sequence[np.ndarray],
+    paths: Sequence[str],
+    eps: float | None,
+    *,
+    group_small: bool = True,
+) -> list[Group]:
+    """Probe groups that settle what the first pass left open.
+
+    Every entry where backprop and autodiff disagree gets its own coordinate opinion at ±h and
+    ±2h (also when the method did not probe it, so no method can contradict another), and so
+    does every probed coordinate whose finite difference is suspicious but was evaluated at h
+    only; suspicious directions are re-evaluated at 2h.
+    """
+    chosen: dict[int, np.ndarray] = {}
+    direction_groups = []
+    for i, e in enumerate(evidence):
+        tol = tolerances[i]
+        bp = backprop[i].astype(np.float64).reshape(-1)
+        want = []
+        excess = np.zeros(0)
+        if gradient is not None:
+            ad = gradient[i].reshape(-1)
+            agree = vd.backprop_agrees(bp, ad, tol)
+            covered = np.zeros(bp.size, bool)
+            covered[e.coords[e.refined]] = True
+            want.append(np.flatnonzero(~agree & ~covered))
+            with np.errstate(invalid="ignore", over="ignore"):
+                excess = np.nan_to_num(np.abs(bp - ad), nan=np.inf)
+        if e.op is not None:
+            suspicious = vd.suspicious(e.op, _at(tol, e.coords)) & ~e.refined
+            want.append(e.coords[suspicious])
+        picked = np.unique(np.concatenate(want)) if want else np.zeros(0, np.int64)
+        if picked.size > MAX_REFINE:
+            if excess.size:
+                picked = picked[np.argsort(-excess[picked], kind="stable")[:MAX_REFINE]]
+            picked = np.sort(picked[:MAX_REFINE])
+        if picked.size:
+            chosen[i] = picked
+        d = e.directions
+        if d is not None:
+            tol_d = dataclasses.replace(tol, atol=float(np.max(tol.atol, initial=0.0)))
+            bad = np.flatnonzero(vd.suspicious(d, tol_d) & ~e.directions_refined)
+            if bad.size:
+                probe = Probe((i,), "direction", bad.size, step=2 * e.step, seed=e.seed, ids=bad)
+                direction_groups.append(Group(probe, np.full(bad.size, i), bad))
+    groups = coordinate_probes(
+        leaves, paths, chosen, eps, double=True, pad=True, group_small=group_small
+    )
+    return groups + direction_groups
+
+
+def classes_of(
+    evidence: Evidence, bp: np.ndarray, ad: np.ndarray | None, tol: Tolerance
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-entry and per-direction status codes of one leaf."""
+    autodiff = ad is not None
+    if autodiff:
+        classes = np.where(vd.backprop_agrees(bp, ad, tol), vd.OK, vd.BACKPROP).astype(np.int8)
+    else:
+        classes = np.full(bp.shape, vd.OK, np.int8)
+    if evidence.op is not None:
+        classes[evidence.coords] = vd.classify(
+            evidence.op, _at(tol, evidence.coords), autodiff=autodiff
+        )
+    direction_classes = None
+    if evidence.directions is not None:
+        tol_d = dataclasses.replace(tol, atol=float(np.max(tol.atol, initial=0.0)))
+        direction_classes = vd.classify(evidence.directions, tol_d, autodiff=autodiff)
+    return classes, direction_classes
+
+
+def joint_kink_groups(
+    classes: Sequence[np.ndarray],
+    backprop: Sequence[np.ndarray],
+    gradient: Sequence[np.ndarray] | None,
+    leaves: Sequence[np.ndarray],
+    seed: int,
+) -> tuple[list[Group], list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Directions spanning each leaf's kink set, to test the accepted subgradients jointly.
+
+    Per leaf with several entries on kinks: the all-ones direction over the set, each pair of
+    neighbouring kink entries, and random sign patterns, each scaled by the default step.
+    Returns the probe groups and, per group, (leaf, kink entries, direction matrix over them).
+    """
+    groups, meta = [], []
+    for i, cls in enumerate(classes):
+        kink = np.flatnonzero(cls == vd.KINK)
+        if kink.size < 2:
+            continue
+        rng = np.random.default_rng([seed, i, 7])
+        patterns = [np.ones(kink.size)]
+        for a in range(min(kink.size - 1, MAX_PAIRS)):
+            pair = np.zeros(kink.size)
+            pair[a : a + 2] = 1.0
+            patterns.append(pair)
+        for _ in range(RANDOM_PATTERNS):
+            patterns.append(rng.choice([-1.0, 0.0, 1.0], size=kink.size))
+        pattern = np.array(patterns)
+        x = leaves[i].reshape(-1)
+        h = default_step(x[kink])
+        vectors = np.zeros((len(pattern), x.size))
+        vectors[:, kink] = pattern * h
+        # Each direction at δ and 2δ: the change between them measures the curvature, which
+        # the bracket of one-sided derivatives must allow for.
+        both = np.concatenate([vectors, 2 * vectors])
+        probe = Probe((i,), "vector", len(both), vectors=both)
+        groups.append(Group(probe, np.full(len(both), i), np.arange(len(both))))
+        meta.append((i, kink, vectors[:, kink]))
+    return groups, meta
+
+
+def joint_violations(
+    evaluation: Evaluation,
+    value: float,
+    bp: np.ndarray,
+    kink: np.ndarray,
+    displacement: np.ndarray,
+    tol: Tolerance,
+) -> np.ndarray:
+    """Which joint directions the backprop's subgradient fails: g·δ outside [D−, D+].
+
+    ``D+ = J(θ+δ) − J(θ)`` and ``D− = J(θ) − J(θ−δ)`` bracket every subgradient's g·δ up to
+    curvature, which the same differences at 2δ measure (as for single coordinates).
+    """
+    k = displacement.shape[0]
+    up = evaluation.up[:k] - value
+    down = value - evaluation.down[:k]
+    up_2 = (evaluation.up[k:] - value) / 2
+    down_2 = (value - evaluation.down[k:]) / 2
+    g = bp[kink] @ displacement.T
+    values = np.abs(np.concatenate([evaluation.up, evaluation.down]))
+    rounding = vd.ROUNDING_SAFETY * _U64 * max(float(np.max(values)), abs(value))
+    curvature = np.maximum(np.abs(up_2 - up), np.abs(down_2 - down))
+    atol = tol.atol[kink] if np.ndim(tol.atol) else np.full(kink.size, tol.atol)
+    margin = 8 * rounding + curvature + tol.rtol * (np.abs(bp[kink]) @ np.abs(displacement.T))
+    margin = margin + atol @ np.abs(displacement.T)
+    lo = np.minimum(up, down) - margin
+    hi = np.maximum(up, down) + margin
+    with np.errstate(invalid="ignore"):
+        return ~((g >= lo) & (g <= hi))
+
+
+def leaf_status(classes: np.ndarray, direction_classes: np.ndarray | None) -> Status:
+    """The most serious status among a leaf's entries and directions.
+
+    Directions speak for the twin (TWIN, FD_UNRELIABLE); whether backprop is wrong is settled
+    entry by entry, where every disagreeing entry has been probed.
+    """
+    code = int(classes.min(initial=vd.OK))
+    if direction_classes is not None and direction_classes.size:
+        for c in (vd.TWIN, vd.FD_UNRELIABLE, vd.KINK):
+            if code > c and np.any(direction_classes == c):
+                code = c
+                break
+    return list(Status)[code]

@@ -1,0 +1,307 @@
+"""The system under test at θ: the user's cost and gradient called safely, and the JAX twin.
+
+Calls into the user's code are counted and kept to what the check needs: the cost twice and the
+gradient twice (to catch randomness), the gradient once more in float64 for a low-precision
+system, and the twin traced once. Nothing of the user's data is modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._tree import Leaves, flatten_params, match_gradient, scalar_cost
+from .errors import (
+    InputError,
+    JaxcheckError,
+    NondeterminismError,
+    PortError,
+    ReimplementationError,
+    user_code_error,
+)
+from .options import Options
+from .twin import Twin, output_dtype, trace
+from .verdict import epsilon
+
+__all__ = ["System", "prepare"]
+
+#: Relative difference of the cost between two identical NumPy calls that counts as randomness.
+NONDETERMINISM_RTOL = 1e-12
+#: Twin vs NumPy cost: at least this relative mismatch is tolerated for float64 ...
+COST_RTOL_FLOAT64 = 1e-9
+#: ... this many epsilons of a narrower system's dtype (at most 1e-2) ...
+COST_EPS_UNITS = 1000
+#: ... and this many epsilons of the largest intermediate sum the twin forms (rounding there).
+COST_ROUNDING_UNITS = 64
+
+_FREEZE_ADVICE = (
+    "A gradient check needs cost and grad to be pure functions of params. If the forward pass "
+    "draws random numbers (dropout, noise, sampling), draw them once outside the cost and close "
+    "over them, e.g. masks = [rng.random(A.shape) < keep_prob ...]; cost = lambda p: "
+    "forward(X, Y, p, masks), grad = lambda p: backward(X, Y, p, masks). With frozen masks the "
+    "check is valid; switch dropout back on for training."
+)
+
+
+@dataclasses.dataclass
+class System:
+    """The system under test evaluated at θ, validated, and its JAX twin.
+
+    Attributes:
+        leaves: the params, flattened (private copies).
+        leaves64: float64 copies of the leaves.
+        backprop: the user's gradient per leaf, in its own dtype.
+        backprop64: the user's gradient re-run at float64 params, for a low-precision system
+            whose code follows its input dtype (else None).
+        cost: the NumPy cost at θ.
+        cost_fn: the user's cost as ``params -> float`` (for a two-way check).
+        twin: the traced JAX twin, or None (two-way check: no twin could be had).
+        twin_error: why there is no twin (the port's error), else None.
+        cost_mismatch: relative |J_numpy − J_twin| at θ.
+        dtype: the lowest precision among params and gradient.
+    """
+
+    leaves: Leaves
+    leaves64: list[np.ndarray]
+    backprop: list[np.ndarray]
+    backprop64: list[np.ndarray] | None
+    cost: float
+    cost_fn: Callable[[Any], float]
+    twin: Twin | None
+    twin_error: JaxcheckError | None
+    cost_mismatch: float
+    dtype: np.dtype
+
+    @property
+    def twin_kind(self) -> str:
+        """``"given"``, ``"ported"``, or ``"none"`` for a two-way check."""
+        return "none" if self.twin is None else self.twin.kind
+
+
+def call_user(fn: Callable, params: Any, name: str) -> Any:
+    """Calls the user's ``fn(params)``; an exception in it becomes a ``UserCodeError``."""
+    try:
+        return fn(params)
+    except JaxcheckError:
+        raise
+    except SystemExit as err:
+        raise InputError(
+            f"{name}(params) called sys.exit({err.code!r}); a cost or gradient must return a "
+            f"value, not end the process."
+        ) from err
+    except Exception as err:
+        hint = None
+        text = str(err)
+        if isinstance(err, TypeError) and "positional argument" in text:
+            hint = (
+                f"jaxcheck calls {name} with params alone; wrap the data in a closure, e.g. "
+                f"lambda p: {name}(X, Y, p)."
+            )
+        elif isinstance(err, KeyError) and isinstance(params, dict):
+            hint = (
+                f"params has the keys {sorted(map(str, params))}; {name} looked up "
+                f"{err.args[0]!r}, which it does not hold."
+            )
+        raise user_code_error(err, f"{name}(params)", hint=hint) from err
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    both_nan = np.isnan(a) & np.isnan(b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        close = np.abs(a - b) <= NONDETERMINISM_RTOL * np.maximum(np.abs(a), np.abs(b))
+    return bool(np.all(close | both_nan | (a == b)))
+
+
+def _split(result: Any, name: str) -> tuple[Any, Any]:
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise InputError(
+            f"with grad=None, {name}(params) must return (loss, grads); it returned "
+            f"{type(result).__name__}{'' if not hasattr(result, '__len__') else ' of length ' + str(len(result))}. "  # noqa: E501
+            f"Pass grad= separately if {name} returns the loss alone."
+        )
+    return result[0], result[1]
+
+
+def prepare(
+    cost: Callable, grad: Callable | None, params: Any, jax_cost: Callable | None, options: Options
+) -> System:
+    """Validates the inputs, runs the system under test at θ and traces the twin.
+
+    With ``grad=None``, ``cost(params)`` returns ``(loss, grads)`` and both come from one call.
+
+    Raises:
+        InputError, UserCodeError, NondeterminismError, ReimplementationError, PortError.
+    """
+    if not callable(cost):
+        raise InputError(f"cost must be callable params -> ..., got {type(cost).__name__}.")
+    if grad is not None and not callable(grad):
+        raise InputError(f"grad must be callable or None, got {type(grad).__name__}.")
+    if jax_cost is not None and not callable(jax_cost):
+        raise InputError(f"jax_cost must be callable or None, got {type(jax_cost).__name__}.")
+    leaves = flatten_params(params)
+    name = "cost" if grad is not None else "fn"
+    if grad is None:
+        loss_a, grads_a = _split(call_user(cost, leaves.fresh(), name), name)
+        loss_b, grads_b = _split(call_user(cost, leaves.fresh(), name), name)
+        cost_fn = _loss_of(cost)
+    else:
+        loss_a = call_user(cost, leaves.fresh(), name)
+        loss_b = call_user(cost, leaves.fresh(), name)
+        cost_fn = cost
+    value = scalar_cost(loss_a, what=f"{name}(params)")
+    again = scalar_cost(loss_b, what=f"{name}(params)")
+    if not _same(np.array(value), np.array(again)):
+        raise NondeterminismError(
+            f"{name}(params) returned {value!r} and then {again!r} for the same params. "
+            + _FREEZE_ADVICE
+        )
+    if grad is not None:
+        grads_a = call_user(grad, leaves.fresh(), "grad")
+        grads_b = call_user(grad, leaves.fresh(), "grad")
+    backprop = match_gradient(grads_a, leaves)
+    second = match_gradient(grads_b, leaves)
+    for path, a, b in zip(leaves.paths, backprop, second):
+        if not _same(a, b):
+            raise NondeterminismError(
+                f"grad(params) returned different values for leaf {path!r} on two calls with "
+                f"the same params. " + _FREEZE_ADVICE
+            )
+    dtype = max(
+        [np.dtype(v.dtype) for v in leaves.values] + [np.dtype(g.dtype) for g in backprop],
+        key=epsilon,
+    )
+    leaves64 = [v.astype(np.float64) for v in leaves.values]
+    backprop64 = _rerun64(cost if grad is None else grad, grad is None, leaves, leaves64, dtype)
+    twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
+    mismatch = 0.0
+    if twin is not None:
+        mismatch = _check_twin(twin, value, leaves64, dtype)
+    return System(
+        leaves, leaves64, backprop, backprop64, value, cost_fn, twin, twin_error, mismatch, dtype
+    )
+
+
+def _loss_of(fn: Callable) -> Callable:
+    def loss(params: Any) -> Any:
+        return _split(fn(params), "fn")[0]
+
+    return loss
+
+
+def _rerun64(
+    fn: Callable, pair: bool, leaves: Leaves, leaves64: list[np.ndarray], dtype: np.dtype
+) -> list[np.ndarray] | None:
+    """The user's gradient at float64 copies of θ, when the system is narrower and follows it."""
+    if epsilon(dtype) <= epsilon(np.dtype(np.float64)):
+        return None
+    try:
+        out = fn(leaves.unflatten([v.copy() for v in leaves64]))
+        grads = match_gradient(_split(out, "fn")[1] if pair else out, leaves)
+    except Exception:  # noqa: BLE001 - code that cannot run in float64 just has no re-run
+        return None
+    if any(g.dtype != np.float64 for g in grads):
+        return None
+    return grads
+
+
+def _twin(
+    cost: Callable,
+    jax_cost: Callable | None,
+    leaves: Leaves,
+    leaves64: list[np.ndarray],
+    options: Options,
+) -> tuple[Twin | None, JaxcheckError | None]:
+    if jax_cost is not None:
+        fn, kind = jax_cost, "given"
+    else:
+        from .port import port
+
+        try:
+            fn, kind = port(cost), "ported"
+        except PortError as err:
+            if options.twin == "required":
+                raise
+            return None, err
+    try:
+        with jax.enable_x64(True):
+            twin = trace(fn, leaves.treedef, leaves64, kind)
+    except PortError as err:
+        if kind == "given" or options.twin == "required":
+            raise
+        return None, err
+    except JaxcheckError:
+        raise
+    except Exception as err:
+        if kind == "ported":
+            if options.twin == "required":
+                raise PortError(
+                    f"the port of cost could not be traced by JAX: {type(err).__name__}: {err}",
+                    hint="pass jax_cost= (a jax.numpy version of your cost)",
+                ) from err
+            return None, PortError(f"{type(err).__name__}: {err}")
+        raise user_code_error(
+            err,
+            "jax_cost(params)",
+            hint=(
+                "The JAX twin must take the params pytree (as jax arrays) and return the scalar "
+                "cost, written with jax.numpy (no Python control flow on values, no NumPy calls)."
+            ),
+        ) from err
+    out = twin.jaxpr.outvars[0].aval
+    if not np.issubdtype(np.dtype(out.dtype), np.floating):
+        raise InputError(
+            f"jax_cost returned dtype {out.dtype}; expected a real floating-point scalar cost"
+            + (
+                " (a complex cost has no gradient to check)."
+                if "complex" in str(out.dtype)
+                else "."
+            )
+        )
+    return twin, None
+
+
+def _check_twin(twin: Twin, value: float, leaves64: list[np.ndarray], dtype: np.dtype) -> float:
+    """The relative cost mismatch; raises when it exceeds the cost's own rounding."""
+    from .twin import magnitude
+
+    with jax.enable_x64(True):
+        twin_cost, terms = magnitude(twin, leaves64)
+    if not np.isfinite(twin_cost):
+        raise ReimplementationError(
+            f"the JAX twin ({twin.kind}) returned {twin_cost} at params while the NumPy cost is "
+            f"{value!r}."
+        )
+    denom = max(abs(value), abs(twin_cost))
+    mismatch = 0.0 if denom == 0 else abs(value - twin_cost) / denom
+    eps = epsilon(dtype)
+    base = (
+        COST_RTOL_FLOAT64
+        if eps <= epsilon(np.dtype(np.float64))
+        else min(1e-2, COST_EPS_UNITS * eps)
+    )
+    rounding = COST_ROUNDING_UNITS * eps * terms / denom if denom > 0 else 0.0
+    limit = max(base, rounding)
+    if not mismatch <= limit:
+        narrow = ""
+        if output_dtype(twin).itemsize < 8 or twin.narrow:
+            where = ", ".join(twin.narrow) or str(output_dtype(twin))
+            narrow = (
+                f" The twin computes below float64 ({where}): jaxcheck runs it under "
+                f"jax.enable_x64(True), so write it with jax.numpy without casting to float32 "
+                f"(no dtype=jnp.float32, no .astype(np.float32)) and it will match."
+            )
+        raise ReimplementationError(
+            f"the JAX twin ({twin.kind}) does not compute the NumPy cost: cost(params) = "
+            f"{value!r} but jax_cost(params) = {twin_cost!r} in float64 (relative mismatch "
+            f"{mismatch:.2e}, tolerated {limit:.1e} for a {dtype} system under test, from its "
+            f"precision and the size of the terms the cost sums). Every gradient opinion from "
+            f"the twin would be about another function, so nothing was judged.{narrow}",
+            hint="make jax_cost compute the same cost as cost",
+        )
+    return mismatch
