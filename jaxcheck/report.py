@@ -167,6 +167,7 @@ class Report:
             two-way check (backprop against finite differences of the NumPy cost alone).
         seconds: wall time of the check.
         twin_error: why there is no twin in a two-way check (the port's error), else None.
+        autodiff: False for a two-way check: backprop judged against finite differences alone.
     """
 
     ok: bool
@@ -181,6 +182,7 @@ class Report:
     twin: str
     seconds: float
     twin_error: str | None = None
+    autodiff: bool = True
 
     @property
     def failing(self) -> list[str]:
@@ -234,6 +236,7 @@ class Report:
             "dtype": self.dtype,
             "twin": self.twin,
             "twin_error": self.twin_error,
+            "autodiff": self.autodiff,
             "seconds": self.seconds,
             "verdict": self.verdict,
             "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},
@@ -286,6 +289,8 @@ class Report:
         )
         if self.twin == "none":
             return head + f"cost {self.cost:.6g}) — two-way: no JAX twin"
+        if not self.autodiff:
+            return head + f"{self.twin} JAX twin, cost {self.cost:.6g}) — two-way: no autodiff"
         return head + (
             f"{self.twin} JAX twin, cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})"
         )
@@ -305,6 +310,11 @@ class Report:
         lines.append(self.verdict)
         if self.twin == "none":
             lines.append(_two_way_note(self.twin_error))
+        elif not self.autodiff:
+            lines.append(
+                "Two-way check: backprop was judged against finite differences alone (no "
+                "independent jax.grad opinion)."
+            )
         return "\n".join(lines)
 
     def __repr__(self) -> str:

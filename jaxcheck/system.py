@@ -63,6 +63,10 @@ class System:
         twin_error: why there is no twin (the port's error), else None.
         cost_mismatch: relative |J_numpy − J_twin| at θ.
         dtype: the lowest precision among params and gradient.
+        autodiff: whether ``jax.grad`` of the twin is an independent opinion. False when the
+            twin's derivative is the system under test itself (a custom rule checked by
+            :func:`jaxcheck.check_rule` without a reference): then the twin only gives finite
+            differences, and the check is two-way.
     """
 
     leaves: Leaves
@@ -75,6 +79,7 @@ class System:
     twin_error: JaxcheckError | None
     cost_mismatch: float
     dtype: np.dtype
+    autodiff: bool = True
 
     @property
     def twin_kind(self) -> str:
