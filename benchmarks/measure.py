@@ -1,12 +1,14 @@
 """The benchmark's measuring primitives: the machine, the matmul rate, FD-equivalent FLOPs.
 
-The classic NumPy loop, jaxcheck's checks timed (with XLA's FLOP count) and the lesson's cold start.
+Also the classic NumPy loop, jaxcheck's checks timed with their compilations counted (through
+``jax.monitoring``, nothing patched), and the lesson's cold start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -14,6 +16,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,20 +27,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcheck import finite_differences as fdiff
-from jaxcheck import models
-from jaxcheck import check
-from jaxcheck import Report
+from jaxcheck import Report, check, models
 
 __all__ = [
     "SEED_EPSILON",
     "SEED_THRESHOLD",
+    "Compilations",
     "LoopResult",
+    "Timed",
+    "check_accepts",
+    "child_environment",
     "classic_loop",
+    "counting_compilations",
     "fd_equivalent_flops",
+    "full_probes",
+    "full_variants",
     "lesson_cold_start",
     "machine_info",
     "matmul_rate",
+    "time_check",
 ]
 
 #: The seed's step and threshold, kept by the classic loop.
@@ -159,7 +167,8 @@ def fd_equivalent_flops(layers: Sequence[int], m: int, probes: Mapping[str, int]
     return total
 
 
-def _full_probes(params: Any) -> dict[str, int]:
+def full_probes(params: Any) -> dict[str, int]:
+    """Every coordinate of every leaf: the probes of a full check, per leaf path."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     return {
         "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): int(np.size(leaf))
@@ -276,96 +285,143 @@ def classic_loop(
 
 
 # --------------------------------------------------------------------------------------------
+# Compilations, counted through jax.monitoring
+# --------------------------------------------------------------------------------------------
+
+#: The duration events jax (0.10) records for every jitted program it builds: tracing to a jaxpr,
+#: lowering to MLIR, and the backend compile, which includes reading the persistent compilation
+#: cache (a hit also records ``CACHE_RETRIEVAL_EVENT``).
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_RETRIEVAL_EVENT = "/jax/compilation_cache/cache_retrieval_time_sec"
+
+
+@dataclasses.dataclass
+class Compilations:
+    """What JAX compiled while :func:`counting_compilations` was active.
+
+    Attributes:
+        compiles: Programs the XLA compiler built (persistent-cache hits excluded).
+        cache_hits: Programs read back from JAX's persistent compilation cache.
+        compile_seconds: Seconds in backend compiles, cache reads included.
+        traces: Functions traced to a jaxpr.
+        trace_seconds: Seconds tracing.
+        lower_seconds: Seconds lowering jaxprs to MLIR.
+        names: The name of each backend compile, in order.
+    """
+
+    compiles: int = 0
+    cache_hits: int = 0
+    compile_seconds: float = 0.0
+    traces: int = 0
+    trace_seconds: float = 0.0
+    lower_seconds: float = 0.0
+    names: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def counting_compilations() -> Iterator[Compilations]:
+    """Counts JAX's traces and compilations inside the ``with`` block, by ``jax.monitoring``.
+
+    Nothing of jaxcheck is patched: a listener of JAX's own duration events sees every program
+    any code in the process builds while the block runs.
+
+    Yields:
+        A :class:`Compilations`, filled in as the block runs.
+    """
+    counts = Compilations()
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event == BACKEND_COMPILE_EVENT:
+            counts.compiles += 1
+            counts.compile_seconds += duration
+            counts.names.append(str(kwargs.get("fun_name", "?")))
+        elif event == CACHE_RETRIEVAL_EVENT:
+            counts.cache_hits += 1
+        elif event == TRACE_EVENT:
+            counts.traces += 1
+            counts.trace_seconds += duration
+        elif event == LOWER_EVENT:
+            counts.lower_seconds += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        # A cache hit goes through the backend-compile event too; it compiled nothing.
+        counts.compiles -= counts.cache_hits
+
+
+# --------------------------------------------------------------------------------------------
 # jaxcheck, timed
 # --------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _recording_programs() -> Iterator[list[tuple[Callable, tuple]]]:
-    """Records every compiled finite-difference program the engine runs, with its arguments."""
-    calls: list[tuple[Callable, tuple]] = []
-    original = getattr(fdiff, "_program", None)
-    if original is None:
-        yield calls
-        return
+def check_accepts(keyword: str) -> bool:
+    """Whether this jaxcheck's ``check`` takes ``keyword`` (the engine gains options over time).
 
-    def recording(*args: Any, **kwargs: Any) -> Callable:
-        program = original(*args, **kwargs)
-
-        def run(*call_args: Any) -> Any:
-            calls.append((program, call_args))
-            return program(*call_args)
-
-        return run
-
-    fdiff._program = recording
-    try:
-        yield calls
-    finally:
-        fdiff._program = original
-
-
-def _xla_flops(calls: Sequence[tuple[Callable, tuple]]) -> float | None:
-    """XLA's own FLOP count of the recorded programs, or ``None`` where it is not available.
-
-    XLA's cost analysis counts the body of a while loop once, whatever its trip count, so each
-    program is lowered again (not compiled, nothing is allocated) with every leaf's batches
-    merged into one, which the engine runs without a loop. With several devices the engine
-    shards the probes and XLA counts one device's share, so the count is scaled by the devices.
+    Examples:
+        >>> check_accepts("method")
+        True
     """
-    if not calls:
-        return None
-    total = 0.0
-    try:
-        with jax.enable_x64(True):
-            for program, (leaves, backprop, probe_args) in calls:
-                merged = jax.tree_util.tree_map(
-                    lambda a: np.reshape(a, (1, a.shape[0] * a.shape[1]) + a.shape[2:]),
-                    probe_args,
-                )
-                cost = program.lower(leaves, backprop, merged).cost_analysis()
-                if isinstance(cost, (list, tuple)):
-                    cost = cost[0] if cost else None
-                if not cost or "flops" not in cost:
-                    return None
-                total += float(cost["flops"])
-    except Exception:  # noqa: BLE001 - an optional figure; the engine's internals may change
-        return None
-    return total * jax.device_count()
+    return keyword in inspect.signature(check).parameters
 
 
-def _incremental_modes() -> list[tuple[str, bool | None]]:
-    if isinstance(getattr(fdiff, "INCREMENTAL", None), bool):
-        return [("full", True), ("full (brute force)", False)]
-    return [("full", None)]
+def full_variants() -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    """The full-mode variants to time, and why the brute-force one is left out (``None``: it isn't).
 
+    ``full`` is the engine's automatic choice; ``full (brute force)`` passes
+    ``incremental=False``, which evaluates every perturbed point from scratch.
 
-@contextlib.contextmanager
-def _incremental(value: bool | None) -> Iterator[None]:
-    if value is None:
-        yield
-        return
-    before = fdiff.INCREMENTAL
-    fdiff.INCREMENTAL = value
-    try:
-        yield
-    finally:
-        fdiff.INCREMENTAL = before
+    Returns:
+        ``[(label, options), ...]`` and the reason brute force cannot be timed, if any.
+    """
+    variants = [("full", {"method": "full"})]
+    if not check_accepts("incremental"):
+        return variants, "this jaxcheck's check() has no incremental= keyword"
+    variants.append(("full (brute force)", {"method": "full", "incremental": False}))
+    return variants, None
 
 
 @dataclasses.dataclass
-class _Timed:
+class Timed:
+    """A first call of ``check`` and its steady state.
+
+    Attributes:
+        first: Seconds of the first call (tracing and compilation included).
+        steady: Seconds of the fastest further call with the same model.
+        report: The last call's report.
+        first_compilations: What the first call compiled.
+        steady_compilations: What the steady calls compiled (nothing, when the engine's
+            in-process cache works).
+    """
+
     first: float
     steady: float
     report: Report
-    xla_flops: float | None
+    first_compilations: Compilations
+    steady_compilations: Compilations
 
 
-def _time_check(model: models.Model, grad: Callable, repeats: int = 1, **options: Any) -> _Timed:
+def time_check(model: models.Model, grad: Callable, repeats: int = 1, **options: Any) -> Timed:
     """Times a first call of ``check`` (compile included) and then the steady state.
 
-    The steady state is the fastest of ``repeats`` further calls with the same shapes, which
-    recompile nothing.
+    The steady state is the fastest of ``repeats`` further calls with the same model.
+
+    Args:
+        model: The zoo model; its ``jax_cost`` is passed as the twin.
+        grad: The backprop to check.
+        repeats: Steady-state calls.
+        **options: Passed to ``check``.
+
+    Returns:
+        The :class:`Timed` calls.
     """
 
     def run() -> tuple[float, Report]:
@@ -373,12 +429,14 @@ def _time_check(model: models.Model, grad: Callable, repeats: int = 1, **options
         report = check(model.cost, grad, model.params, jax_cost=model.jax_cost, **options)
         return time.perf_counter() - start, report
 
-    first, _ = run()
-    with _recording_programs() as calls:
-        steady, report = run()
-    for _ in range(repeats - 1):
-        steady = min(steady, run()[0])
-    return _Timed(first, steady, report, _xla_flops(calls))
+    with counting_compilations() as first_compilations:
+        first, _ = run()
+    steady = math.inf
+    with counting_compilations() as steady_compilations:
+        for _ in range(repeats):
+            seconds, report = run()
+            steady = min(steady, seconds)
+    return Timed(first, steady, report, first_compilations, steady_compilations)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,11 +478,37 @@ _LESSON_SCRIPT = textwrap.dedent(
 )
 
 
+def child_environment(cache_dir: str | None) -> dict[str, str]:
+    """The environment of a benchmark's child process.
+
+    The checkout's package and ``benchmarks/`` go first on ``PYTHONPATH``, the accelerator is
+    not preallocated (the parent may hold it), and jaxcheck's persistent cache is ``cache_dir``
+    (a fresh directory makes a cold start; ``JAXCHECK_NO_CACHE``, when the caller set it, is
+    passed on).
+
+    Args:
+        cache_dir: The ``JAXCHECK_CACHE_DIR`` of the child; ``None``: as in this process.
+
+    Returns:
+        A copy of ``os.environ`` with those changes.
+    """
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(here.parent), str(here), env.get("PYTHONPATH")])
+    )
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if cache_dir is not None:
+        env["JAXCHECK_CACHE_DIR"] = cache_dir
+    return env
+
+
 def lesson_cold_start(timeout: float = 600.0) -> dict[str, Any]:
     """Runs one ``jc.check`` of the lesson's network in a fresh Python process (cold start).
 
     The subprocess imports jaxcheck (timed apart), checks the correct backprop (the timed call:
-    tracing and compilation included), then the buggy one (warm) and the seed's own loop.
+    tracing and compilation included), then the buggy one (warm) and the seed's own loop. Its
+    persistent cache directory is new and empty.
 
     Args:
         timeout: Seconds before the subprocess is abandoned.
@@ -432,21 +516,17 @@ def lesson_cold_start(timeout: float = 600.0) -> dict[str, Any]:
     Returns:
         The subprocess's measurements, plus ``wall_seconds`` of the whole process.
     """
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    # The parent may already hold most of an accelerator's memory.
-    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", _LESSON_SCRIPT],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="jaxcheck-bench-cache-") as cache:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", _LESSON_SCRIPT],
+            capture_output=True,
+            text=True,
+            env=child_environment(cache),
+            timeout=timeout,
+            check=False,
+        )
+        wall = time.perf_counter() - start
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(
