@@ -1,6 +1,7 @@
 """NumPy costs for tests/test_port.py, with module-level helpers that `port` must find and port.
 
-The functions at the end cannot run on jax.numpy; the tests check that PortError names the line.
+The functions at the end cannot run on traced values; the tests check that PortError names the
+line and the value that caused it.
 """
 
 import math
@@ -92,7 +93,7 @@ def generator_cost(params):
     return sum(np.sum(sigmoid(w)) for w in params.values())
 
 
-# ---- Functions that cannot be ported -------------------------------------------------------
+# ---- Code that once could not be ported ----------------------------------------------------
 
 
 def relu_inplace(z):
@@ -108,22 +109,44 @@ def inplace_cost(params):
 def augmented_cost(params):
     z = np.zeros(3)
     z[0] += np.sum(params["w"])
+    z[1:] -= params["w"][:2] ** 2
     return np.sum(z)
+
+
+def math_cost(params):
+    return math.exp(np.sum(params["w"]) / 10) + math.log(1 + math.tanh(params["v"][0, 0]) ** 2)
+
+
+def dropout_cost(params):
+    mask = np.random.rand(*params["w"].shape) < 0.5
+    return np.sum(params["w"] * mask)
+
+
+def concrete_cost(params):
+    """Sizes, indices, dtypes and a seeded mask computed with NumPy stay NumPy values."""
+    w = params["w"]
+    n = np.prod(w.shape)
+    steps = np.uint8(n)
+    index = np.arange(steps)[::-1]
+    np.random.seed(0)
+    mask = np.random.rand(*w.shape) < 0.7
+    noise = np.random.randn(n) * 1e-3
+    scale = np.float64(np.pi) / steps
+    with np.errstate(divide="ignore"):
+        total = np.sum(w[index] * mask + noise) * scale
+    if n > 2:  # a condition on sizes, not on the parameters
+        total = total + np.sum(np.array([w[0], w[-1]]) ** 2)
+    parts = np.stack([np.maximum(0, w), np.where(w > 0, w, 0.1 * w)])
+    return total + np.sum(parts[:, np.newaxis]) + np.sum([np.dot(w, w), w.T @ w])
+
+
+# ---- Functions that cannot be ported -------------------------------------------------------
 
 
 def branching_cost(params):
     if np.sum(params["w"]) > 0:
         return np.sum(params["w"] ** 2)
     return np.sum(params["w"])
-
-
-def math_cost(params):
-    return math.exp(np.sum(params["w"]))
-
-
-def dropout_cost(params):
-    mask = np.random.rand(*params["w"].shape) < 0.5
-    return np.sum(params["w"] * mask)
 
 
 def scipy_cost(params):
@@ -134,3 +157,22 @@ def scipy_cost(params):
 
 def mismatch_cost(params):
     return np.sum(np.dot(params["w"], params["v"]))
+
+
+def mask_select_cost(params):
+    w = params["w"]
+    return np.sum(w[w > 0])
+
+
+def integer_cost(params):
+    total = 0.0
+    for k in range(int(np.sum(params["w"]))):
+        total += k
+    return total
+
+
+def while_cost(params):
+    w = params["w"]
+    while np.max(w) > 1:
+        w = w / 2
+    return np.sum(w)
