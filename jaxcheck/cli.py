@@ -705,7 +705,7 @@ _EXIT_HINT = (
 
 
 def _in_cli_words(hint: str) -> str:
-    """Rewrites advice given for the Python API (``jax_cost=``) in the command line's flags.
+    """Rewrites advice written for the Python API (``jax_cost=``) in the command line's flags.
 
     Examples:
         >>> _in_cli_words("pass jax_cost= to jc.check (a jax.numpy version of your cost)")
@@ -780,14 +780,26 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _write(text: str, file: TextIO | None = None) -> None:
-    """Prints ``text``, replacing characters the stream's encoding cannot show (×, —, θ)."""
+    """Prints ``text``, replacing characters the stream's encoding cannot show (×, —, θ).
+
+    When the reader has gone (``jaxcheck check ... | head -1``), the rest is dropped: the exit
+    status still carries the verdict, and a broken pipe must not turn into a crash.
+    """
     file = sys.stdout if file is None else file
     try:
-        print(text, file=file)
-    except UnicodeEncodeError:
-        encoding = getattr(file, "encoding", None) or "ascii"
-        print(text.encode(encoding, errors="replace").decode(encoding), file=file)
-    file.flush()
+        try:
+            print(text, file=file)
+        except UnicodeEncodeError:
+            encoding = getattr(file, "encoding", None) or "ascii"
+            print(text.encode(encoding, errors="replace").decode(encoding), file=file)
+        file.flush()
+    except BrokenPipeError:
+        descriptor = _fileno(file)
+        if descriptor is not None:
+            # Later flushes, at exit included, go nowhere instead of failing again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, descriptor)
+            os.close(devnull)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1001,7 +1013,7 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.json:
         _write(json.dumps({**report.to_dict(), "exit_code": code}, indent=2), stdout)
     else:
-        _write(str(report), stdout)
+        _write(_in_cli_words(str(report)), stdout)
     return code
 
 
