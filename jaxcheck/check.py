@@ -30,7 +30,7 @@ from .options import Options
 from .plan import Group, plan
 from .report import Report
 from .summary import leaf_report
-from .system import System, prepare
+from .system import System, check_twin, prepare
 from .verdict import Status
 
 __all__ = ["assert_gradients", "check", "run"]
@@ -54,6 +54,7 @@ def check(
     devices: Sequence[Any] | None = None,
     incremental: bool | None = None,
     twin: str = "auto",
+    cache: bool | None = None,
 ) -> Report:
     """Checks a hand-written gradient three ways and says who is wrong, leaf by leaf.
 
@@ -102,6 +103,9 @@ def check(
         twin: ``"auto"``: when ``cost`` cannot be ported and no ``jax_cost`` is given, judge
             two-way (backprop against finite differences of the NumPy cost) and say so;
             ``"required"``: raise the :class:`~jaxcheck.PortError` instead (for CI).
+        cache: keep compiled programs on disk, so a fresh process re-running the same check
+            compiles nothing (``$JAXCHECK_CACHE_DIR``, else ``~/.cache/jaxcheck``); ``None``:
+            on unless the environment sets ``JAXCHECK_NO_CACHE=1``.
 
     Returns:
         The :class:`~jaxcheck.Report`; ``report.ok`` is the verdict.
@@ -141,6 +145,7 @@ def check(
         devices=None if devices is None else tuple(devices),
         incremental=incremental,
         twin=twin,
+        cache=cache,
     )
     system = prepare(cost, grad, params, jax_cost, options)
     return run(system, options, start=start)
@@ -151,11 +156,13 @@ class _Evaluator:
 
     def __init__(self, system: System, options: Options) -> None:
         self.system, self.options = system, options
+        self.checked = False
 
     def __call__(
         self, groups: Sequence[Group], *, with_gradient: bool, progress: bool | None = False
     ) -> tuple[float, list[np.ndarray] | None, list[Evaluation]]:
         system, o = self.system, self.options
+        first = not self.checked
         if system.twin is None:
             value, evals = evaluate_numpy(
                 system.cost_fn,
@@ -167,7 +174,7 @@ class _Evaluator:
             )
             return value, None, evals
         try:
-            return evaluate(
+            value, terms, gradient, evals = evaluate(
                 system.twin,
                 system.leaves64,
                 [g.probe for g in groups],
@@ -178,6 +185,7 @@ class _Evaluator:
                 progress=progress,
                 devices=o.devices,
                 incremental=o.incremental,
+                cache=o.cache,
             )
         except JaxcheckError:
             raise
@@ -199,6 +207,11 @@ class _Evaluator:
                 f"values, no callbacks into NumPy).",
                 hint="pass a jax_cost that jax.vmap and jax.grad can trace",
             ) from err
+        if first:
+            # The twin must compute the NumPy cost, or every opinion from it is void.
+            check_twin(system, value, terms)
+            self.checked = True
+        return value, gradient, evals
 
 
 def run(system: System, options: Options, *, start: float | None = None) -> Report:

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._incremental import perturbed_cost
-from .twin import Twin
+from .compile_cache import enabled, load_or_compile
+from .twin import Twin, cost_and_terms
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
@@ -241,7 +242,64 @@ def _tick(*_: Any) -> None:
         _ACTIVE_PROGRESS[-1].tick()
 
 
-_PROGRAMS: collections.OrderedDict[Any, Callable] = collections.OrderedDict()
+class _Program:
+    """A jitted program and its compiled executables, one per set of input shapes.
+
+    Executables come from the disk cache (:mod:`jaxcheck.compile_cache`) when it has them; a
+    program that calls back to the host (the progress bar) is compiled in memory only.
+    """
+
+    def __init__(
+        self,
+        fun: Callable,
+        options: dict[str, Any] | None,
+        devices: Sequence[Any],
+        host: bool,
+        key: Any,
+    ) -> None:
+        self.fun, self.options, self.devices, self.host = fun, options, devices, host
+        self.jitted = jax.jit(fun, compiler_options=options)
+        self.compiled: dict[Any, Callable] = {}
+        # A key that names the program across processes (no object identities in it) spares
+        # even the lowering when the disk has the program.
+        self.portable = None if key is None or _has_identity(key) else repr(key)
+
+    def __call__(self, *inputs: Any, persistent: bool = False) -> Any:
+        flat, tree = jax.tree_util.tree_flatten(inputs)
+        signature = (tree, tuple((np.shape(x), np.result_type(x).name) for x in flat))
+        program = self.compiled.get(signature)
+        if program is None:
+            name = None if self.portable is None else f"{self.portable}|{signature!r}"
+            try:
+                program = load_or_compile(
+                    lambda: self.jitted.lower(*inputs),
+                    name=name,
+                    options=self.options,
+                    devices=self.devices,
+                    persistent=persistent and not self.host,
+                )
+            except Exception as err:  # noqa: BLE001
+                if self.options is None or "compile option" not in str(err):
+                    raise
+                # An XLA that does not know a fast-compile option: compile as usual.
+                self.options, self.jitted = None, jax.jit(self.fun)
+                return self(*inputs, persistent=persistent)
+            self.compiled[signature] = program
+        return program(*inputs)
+
+    def lower(self, *inputs: Any) -> Any:
+        return self.jitted.lower(*inputs)
+
+
+def _has_identity(key: Any) -> bool:
+    if isinstance(key, tuple):
+        if len(key) == 2 and key[0] == "object":
+            return True
+        return any(_has_identity(k) for k in key)
+    return False
+
+
+_PROGRAMS: collections.OrderedDict[Any, _Program] = collections.OrderedDict()
 
 
 def _program(
@@ -250,7 +308,8 @@ def _program(
     with_gradient: bool,
     progress: bool,
     devices: tuple[Any, ...],
-) -> Callable:
+    fast_compile: bool = False,
+) -> _Program:
     """The compiled program: cost and gradient at θ and the perturbed costs of every group.
 
     ``layout`` holds, per probe group, (leaves, kind, double, incremental). Cached on the
@@ -258,7 +317,14 @@ def _program(
     """
     key = None
     if twin.key is not None:
-        key = (twin.key, layout, with_gradient, progress, tuple(d.id for d in devices))
+        key = (
+            twin.key,
+            layout,
+            with_gradient,
+            progress,
+            tuple(d.id for d in devices),
+            fast_compile,
+        )
         hit = _PROGRAMS.get(key)
         if hit is not None:
             _PROGRAMS.move_to_end(key)
@@ -268,7 +334,7 @@ def _program(
 
     def run(consts, leaves, backprop, probe_args):
         leaves = list(leaves)
-        value = twin.cost(consts, leaves)
+        value, terms = cost_and_terms(twin, consts, leaves)
         gradient = jax.grad(lambda ls: twin.cost(consts, ls))(leaves) if with_gradient else None
         outs = []
         for (group, kind, double, incremental), args in zip(layout, probe_args):
@@ -303,9 +369,10 @@ def _program(
                     check_vma=False,
                 )
             outs.append(local(*args))
-        return value, gradient, outs
+        return (value, terms), gradient, outs
 
-    program = jax.jit(run)
+    options = _fast_compile_options(devices[0].platform) if fast_compile else None
+    program = _Program(run, options, devices, progress, key)
     if key is not None:
         _PROGRAMS[key] = program
         while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
@@ -478,7 +545,7 @@ def lower(
     """
     probes = [p for p in probes if p.count > 0]
     b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
-    program = _program(twin, b.layout, with_gradient, False, b.devices)
+    program = _program(twin, b.layout, with_gradient, False, b.devices, _fast(probes))
     return program.lower(*_inputs(twin, leaves, None, b))
 
 
@@ -494,7 +561,8 @@ def evaluate(
     progress: bool | None = None,
     devices: Sequence[Any] | None = None,
     incremental: bool | None = None,
-) -> tuple[float, list[np.ndarray] | None, list[Evaluation]]:
+    cache: bool | None = None,
+) -> tuple[float, float, list[np.ndarray] | None, list[Evaluation]]:
     """Evaluates the twin at θ and at every perturbed point the probes ask for.
 
     Must be called with x64 enabled; ``leaves`` are float64.
@@ -511,9 +579,13 @@ def evaluate(
         devices: devices to split each batch over; ``None``: all of ``jax.devices()``.
         incremental: evaluate large leaves incrementally; ``None``: from 64 entries up, False:
             every perturbed point from scratch.
+        cache: keep compiled programs on disk (:mod:`jaxcheck.compile_cache`); ``None``: unless
+            ``JAXCHECK_NO_CACHE=1``.
 
     Returns:
-        ``(cost at θ, gradient leaves or None, one Evaluation per probe)``.
+        ``(cost at θ, the largest sum of magnitudes among the twin's intermediates at θ (see
+        :func:`jaxcheck.twin.cost_and_terms`), gradient leaves or None, one Evaluation per
+        probe)``.
     """
     probes = [p for p in probes if p.count > 0]
     b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
@@ -521,13 +593,16 @@ def evaluate(
     modes = [inc for *_, inc in b.layout]
     inputs = _inputs(twin, leaves, backprop, b)
     shape = b.layout
+    persistent = enabled(cache)
     bar = _Progress(sum(b.batches), progress)
     _ACTIVE_PROGRESS.append(bar)
     try:
         with jax.disable_jit(False):
             try:
-                program = _program(twin, shape, with_gradient, bar.bar is not None, devices)
-                value, gradient, outs = program(*inputs)
+                program = _program(
+                    twin, shape, with_gradient, bar.bar is not None, devices, _fast(probes)
+                )
+                value, gradient, outs = program(*inputs, persistent=persistent)
             except jax.errors.JaxRuntimeError:
                 raise  # out of memory and the like: running more would not help
             except Exception as err:
@@ -541,9 +616,11 @@ def evaluate(
                     err,
                 )
                 shape = tuple((g, k, d, False) for g, k, d, _ in shape)
-                program = _program(twin, shape, with_gradient, bar.bar is not None, devices)
-                value, gradient, outs = program(*inputs)
-        value = float(value)
+                program = _program(
+                    twin, shape, with_gradient, bar.bar is not None, devices, _fast(probes)
+                )
+                value, gradient, outs = program(*inputs, persistent=persistent)
+        value, terms = float(value[0]), float(value[1])
         gradient = None if gradient is None else [np.asarray(g) for g in gradient]
         outs = jax.tree_util.tree_map(np.asarray, outs)
     finally:
@@ -570,4 +647,21 @@ def evaluate(
             evaluations.append(
                 Evaluation(up, down, s_up, s_down, None, None, proj_ad, proj_bp, size)
             )
-    return value, gradient, evaluations
+    return value, terms, gradient, evaluations
+
+
+#: Programs with at most this many probes are compiled with less optimisation: they run in
+#: milliseconds, and compiling them fully would take longer than running them many times.
+FAST_COMPILE_PROBES = 4096
+
+
+#: XLA options for small programs on a CPU: about a quarter of the default compile time.
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def _fast_compile_options(platform: str) -> dict[str, Any] | None:
+    return dict(FAST_COMPILE_OPTIONS) if platform == "cpu" else None
+
+
+def _fast(probes: Sequence[Probe]) -> bool:
+    return sum(p.count for p in probes) <= FAST_COMPILE_PROBES

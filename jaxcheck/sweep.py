@@ -18,7 +18,7 @@ from .errors import InputError
 from .finite_differences import evaluate
 from .options import Options
 from .plan import default_step, plan
-from .system import prepare
+from .system import check_twin, prepare
 
 __all__ = ["StepSweep", "step_sweep"]
 
@@ -132,7 +132,7 @@ def step_sweep(
         for h in steps:
             options = dataclasses.replace(base, eps=float(h))
             groups = plan(system.leaves64, system.leaves.paths, options)
-            _, gradient, evals = evaluate(
+            value, terms, gradient, evals = evaluate(
                 system.twin,
                 system.leaves64,
                 [g.probe for g in groups],
@@ -141,6 +141,8 @@ def step_sweep(
                 memory_budget=memory_budget,
                 progress=False,
             )
+            if h == steps[0]:
+                check_twin(system, value, terms)
             fd, bp, ad = [], [], []
             for group, e in zip(groups, evals):
                 n = group.probe.count

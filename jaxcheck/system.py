@@ -27,7 +27,7 @@ from .options import Options
 from .twin import Twin, output_dtype, trace
 from .verdict import epsilon
 
-__all__ = ["System", "prepare"]
+__all__ = ["System", "check_twin", "prepare"]
 
 #: Relative difference of the cost between two identical NumPy calls that counts as randomness.
 NONDETERMINISM_RTOL = 1e-12
@@ -184,11 +184,8 @@ def prepare(
     leaves64 = [v.astype(np.float64) for v in leaves.values]
     backprop64 = _rerun64(cost if grad is None else grad, grad is None, leaves, leaves64, dtype)
     twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
-    mismatch = 0.0
-    if twin is not None:
-        mismatch = _check_twin(twin, value, leaves64, dtype)
     return System(
-        leaves, leaves64, backprop, backprop64, value, cost_fn, twin, twin_error, mismatch, dtype
+        leaves, leaves64, backprop, backprop64, value, cost_fn, twin, twin_error, 0.0, dtype
     )
 
 
@@ -271,12 +268,18 @@ def _twin(
     return twin, None
 
 
-def _check_twin(twin: Twin, value: float, leaves64: list[np.ndarray], dtype: np.dtype) -> float:
-    """The relative cost mismatch; raises when it exceeds the cost's own rounding."""
-    from .twin import magnitude
+def check_twin(system: System, twin_cost: float, terms: float) -> None:
+    """Sets ``system.cost_mismatch``; raises when it exceeds the cost's own rounding.
 
-    with jax.enable_x64(True):
-        twin_cost, terms = magnitude(twin, leaves64)
+    Args:
+        system: the prepared system, with a twin.
+        twin_cost: the twin's cost at θ.
+        terms: the largest sum of magnitudes among the twin's intermediates at θ.
+
+    Raises:
+        ReimplementationError: the twin computes another function than the NumPy cost.
+    """
+    twin, value, dtype = system.twin, system.cost, system.dtype
     if not np.isfinite(twin_cost):
         raise ReimplementationError(
             f"the JAX twin ({twin.kind}) returned {twin_cost} at params while the NumPy cost is "
@@ -309,4 +312,4 @@ def _check_twin(twin: Twin, value: float, leaves64: list[np.ndarray], dtype: np.
             f"the twin would be about another function, so nothing was judged.{narrow}",
             hint="make jax_cost compute the same cost as cost",
         )
-    return mismatch
+    system.cost_mismatch = mismatch

@@ -159,6 +159,8 @@ def _value_key(value: Any) -> Any:
         hash(value)
     except TypeError:
         raise _Unkeyable(type(value).__name__) from None
+    if " at 0x" in repr(value):  # no readable identity: the object itself is the key
+        return ("object", id(value))
     return (type(value).__qualname__, value)
 
 
@@ -178,12 +180,12 @@ def _narrow(jaxpr: Any) -> tuple[str, ...]:
     return tuple(found)
 
 
-def magnitude(twin: Twin, leaves: Sequence[np.ndarray]) -> tuple[float, float]:
-    """The twin's cost at ``leaves`` and the largest sum of magnitudes among its intermediates.
+def cost_and_terms(twin: Twin, consts: Sequence[Any], leaves: Sequence[Any]) -> tuple[Any, Any]:
+    """The twin's cost and the largest sum of magnitudes among its intermediates (traceable).
 
     The second number bounds the terms the cost adds up (``Σ|xᵢ|`` of every intermediate array),
     so ``u`` times it estimates the cost's own rounding error: far more than ``u·|J|`` when large
-    terms cancel. Evaluated op by op (no compilation); call under x64.
+    terms cancel.
     """
     from ._incremental import bind
 
@@ -192,20 +194,19 @@ def magnitude(twin: Twin, leaves: Sequence[np.ndarray]) -> tuple[float, float]:
     def read(v: Any) -> Any:
         return v.val if isinstance(v, _Literal) else env[v]
 
-    for v, x in zip(twin.jaxpr.constvars, twin.consts):
+    for v, x in zip(twin.jaxpr.constvars, consts):
         env[v] = x
     for v, x in zip(twin.jaxpr.invars, leaves):
-        env[v] = jnp.asarray(x)
-    terms = 0.0
-    with jax.disable_jit(False):
-        for eqn in twin.jaxpr.eqns:
-            outs = bind(eqn.primitive, [read(v) for v in eqn.invars], eqn.params)
-            for v, x in zip(eqn.outvars, outs):
-                env[v] = x
-                if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
-                    total = float(jnp.sum(jnp.abs(x.astype(jnp.float64))))
-                    if np.isfinite(total):
-                        terms = max(terms, total)
-        (out,) = [read(v) for v in twin.jaxpr.outvars]
-    value = float(out)
-    return value, max(terms, abs(value))
+        env[v] = x
+    terms = []
+    for eqn in twin.jaxpr.eqns:
+        outs = bind(eqn.primitive, [read(v) for v in eqn.invars], eqn.params)
+        for v, x in zip(eqn.outvars, outs):
+            env[v] = x
+            dtype = getattr(v.aval, "dtype", None)
+            if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+                terms.append(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float64))))
+    (out,) = [read(v) for v in twin.jaxpr.outvars]
+    out = jnp.asarray(out, jnp.float64)
+    total = jnp.max(jnp.stack([jnp.abs(out), *terms])) if terms else jnp.abs(out)
+    return out, total

@@ -9,6 +9,14 @@ import pytest
 from jaxcheck import lesson as classic
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _compile_cache_in_a_temporary_directory(tmp_path_factory):
+    # The tests exercise the disk cache of compiled programs, but never in the user's home.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAXCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("jaxcheck-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _x64_left_alone():
     before = jax.config.jax_enable_x64

@@ -1,0 +1,109 @@
+"""Compiled programs: reused across closures of the same code, never stale, kept on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import jaxcheck as jc
+from jaxcheck import compile_cache
+
+
+def _regression(seed: int, n: int = 5, m: int = 12):
+    rng = np.random.default_rng(seed)
+    X, y = rng.normal(size=(m, n)), rng.normal(size=m)
+    params = {"w": rng.normal(size=n), "b": np.array(0.3)}
+
+    def cost(p):
+        r = np.tanh(X @ p["w"] + p["b"]) - y
+        return float(np.mean(r**2))
+
+    def grad(p):
+        t = np.tanh(X @ p["w"] + p["b"])
+        d = 2 * (t - y) * (1 - t**2) / m
+        return {"w": X.T @ d, "b": np.sum(d)}
+
+    return cost, grad, params, X
+
+
+def test_two_closures_with_other_data_share_one_program_and_get_their_own_verdicts():
+    cost_a, grad_a, params_a, _ = _regression(1)
+    cost_b, grad_b, params_b, _ = _regression(2)
+    jc.check(cost_a, grad_a, params_a)  # compiles the program for this code and these shapes
+    before = compile_cache.stats["compiled"] + compile_cache.stats["loaded"]
+    good = jc.check(cost_b, grad_b, params_b)
+    bad = jc.check(cost_b, lambda p: {**grad_b(p), "b": 2 * grad_b(p)["b"]}, params_b)
+    after = compile_cache.stats["compiled"] + compile_cache.stats["loaded"]
+    assert after == before  # other data, same code and shapes: not one compilation
+    assert good.ok and good.cost == pytest.approx(cost_b(params_b))
+    assert bad.failing == ["b"] and bad.leaves["b"].factor == pytest.approx(2.0)
+
+
+def test_data_changed_in_place_or_rebound_is_seen_by_the_next_check():
+    cost, grad, params, X = _regression(3)
+    assert jc.check(cost, grad, params).ok
+    frozen = X.copy()
+    X += 0.5  # in place: cost and grad both see the new data, so the check still passes
+    report = jc.check(cost, grad, params)
+    assert report.ok and report.cost == pytest.approx(cost(params))
+
+    # grad keeps the old data while cost sees the new: now the gradient is wrong
+    def stale_grad(p, X=frozen):
+        t = np.tanh(X @ p["w"] + p["b"])
+        y = np.tanh(frozen @ p["w"] + p["b"])  # any function of the old data
+        return {"w": X.T @ (t - y + 1.0) / 12, "b": np.sum(t) / 12}
+
+    assert not jc.check(cost, stale_grad, params).ok
+
+
+_FRESH = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import jaxcheck as jc
+    from jaxcheck import compile_cache
+
+    rng = np.random.default_rng(int(sys.argv[1]))
+    X = rng.normal(size=(6, 3))
+    cost = lambda p: float(np.sum(np.sin(X @ p["w"])))
+    grad = lambda p: {"w": X.T @ np.cos(X @ p["w"])}
+    report = jc.check(cost, grad, {"w": rng.normal(size=3)})
+    print(json.dumps({"ok": report.ok, **compile_cache.stats}))
+    """
+)
+
+
+def _fresh_process(seed: int, env: dict[str, str]) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(seed)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_fresh_process_loads_the_program_from_the_disk_cache(tmp_path):
+    env = dict(os.environ, JAXCHECK_CACHE_DIR=str(tmp_path))
+    env.pop("JAXCHECK_NO_CACHE", None)
+    first = _fresh_process(0, env)
+    assert first["ok"] and first.get("compiled", 0) >= 1 and first.get("stored", 0) >= 1
+    second = _fresh_process(1, env)  # other data, same code: loaded, not compiled
+    assert second["ok"] and second.get("loaded", 0) >= 1 and second.get("compiled", 0) == 0
+
+
+def test_the_disk_cache_can_be_turned_off(tmp_path):
+    env = dict(os.environ, JAXCHECK_CACHE_DIR=str(tmp_path), JAXCHECK_NO_CACHE="1")
+    out = _fresh_process(0, env)
+    assert out["ok"] and out.get("stored", 0) == 0
+    assert list(tmp_path.iterdir()) == []
+    assert not compile_cache.enabled(False)
+    assert compile_cache.enabled(True)
