@@ -242,6 +242,7 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
 
     The gradient may have exactly the structure of params, or be a dict keyed like params or
     by ``"d" + name`` (the classic lesson's convention); extra keys (``dZ1``, ``dA1``) are ignored.
+    For params with a single leaf, a bare array is that leaf's gradient.
 
     Args:
         grads: what ``grad(params)`` returned.
@@ -260,11 +261,15 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
         first = grads[0]
         if isinstance(first, (Mapping, list)):
             grads = first
-    try:
-        flat, treedef = jax.tree_util.tree_flatten(grads)
-        same_structure = treedef == leaves.treedef
-    except Exception:  # noqa: BLE001 - unflattenable objects fall through to the lookup
-        same_structure = False
+    if len(leaves.values) == 1 and isinstance(grads, (np.ndarray, np.generic)):
+        # One parameter: its gradient may come back bare, as `svm_loss(x, y) -> (loss, dx)`.
+        flat, same_structure = [grads], True
+    else:
+        try:
+            flat, treedef = jax.tree_util.tree_flatten(grads)
+            same_structure = treedef == leaves.treedef
+        except Exception:  # noqa: BLE001 - unflattenable objects fall through to the lookup
+            same_structure = False
     if not same_structure:
         flat = [_lookup(grads, keys, path) for keys, path in zip(leaves.keys, leaves.paths)]
     out = []
