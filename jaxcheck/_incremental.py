@@ -23,11 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-try:  # jax >= 0.4.36
-    from jax.extend.core import Literal as _Literal
-except ImportError:  # pragma: no cover - older jax
-    from jax.core import Literal as _Literal
+from jax.extend.core import Literal as _Literal
 
 __all__ = ["perturbed_cost"]
 
@@ -62,11 +58,8 @@ class _Slab:
 
 
 def bind(primitive: Any, ins: Sequence[Any], params: dict[str, Any]) -> list[Any]:
-    bind_params = primitive.get_bind_params(params)
-    subfuns: list[Any] = []
-    if isinstance(bind_params, tuple):  # jax < 0.8 returns (subfuns, params)
-        subfuns, bind_params = bind_params
-    result = primitive.bind(*subfuns, *ins, **bind_params)
+    """Applies a jaxpr equation's primitive to ``ins``: a list of its outputs."""
+    result = primitive.bind(*ins, **primitive.get_bind_params(params))
     return list(result) if primitive.multiple_results else [result]
 
 

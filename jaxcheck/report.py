@@ -202,9 +202,12 @@ class Report:
             if leaf.message:
                 lines.append(leaf.message)
         if self.ok:
-            head = "Gradient correct: backprop agrees with autodiff and finite differences."
+            if not self.autodiff:
+                head = "Gradient correct: backprop agrees with finite differences."
+            else:
+                head = "Gradient correct: backprop agrees with autodiff and finite differences."
             if lines:
-                head = "Gradient correct: backprop agrees with autodiff (notes below)."
+                head = head.split(" and finite")[0].rstrip(".") + " (notes below)."
             if any(leaf.status == "twin" for leaf in self.leaves.values()):
                 head = (
                     "Backprop agrees with finite differences, but jax.grad of the JAX twin does "
@@ -254,8 +257,8 @@ class Report:
                     "×".join(map(str, leaf.shape)) or "()",
                     checked,
                     _fmt(leaf.difference_fd),
-                    _fmt(leaf.difference_autodiff),
-                    _fmt(leaf.difference_fd_autodiff),
+                    _fmt(leaf.difference_autodiff) if self.autodiff else "—",
+                    _fmt(leaf.difference_fd_autodiff) if self.autodiff else "—",
                     _fmt(leaf.fd_error),
                     _fmt(leaf.ratio, ".3g") if leaf.status in ("ok", "backprop") else "—",
                     "—"

@@ -16,15 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-try:  # jax >= 0.4.36
-    from jax.extend.core import ClosedJaxpr as _ClosedJaxpr
-    from jax.extend.core import Jaxpr as _Jaxpr
-    from jax.extend.core import Literal as _Literal
-except ImportError:  # pragma: no cover - older jax
-    from jax.core import ClosedJaxpr as _ClosedJaxpr
-    from jax.core import Jaxpr as _Jaxpr
-    from jax.core import Literal as _Literal
+from jax.extend.core import ClosedJaxpr as _ClosedJaxpr
+from jax.extend.core import Jaxpr as _Jaxpr
+from jax.extend.core import Literal as _Literal
 
 __all__ = ["Twin", "scalar_of", "trace"]
 
@@ -58,16 +52,33 @@ class Twin:
 
     def cost(self, consts: Sequence[Any], leaves: Sequence[Any]) -> jax.Array:
         """The cost at ``leaves`` with the closed-over data ``consts`` (traceable)."""
-        if _eval_jaxpr is not None:
-            (out,) = _eval_jaxpr(self.jaxpr, list(consts), *leaves)
-        else:  # pragma: no cover - jax without jax.core.eval_jaxpr
-            from jax.extend.core import jaxpr_as_fun
-
-            (out,) = jaxpr_as_fun(_ClosedJaxpr(self.jaxpr, list(consts)))(*leaves)
-        return out
+        return _interpret(self.jaxpr, consts, leaves)
 
 
-_eval_jaxpr = getattr(jax.core, "eval_jaxpr", None)
+def _interpret(
+    jaxpr: Any,
+    consts: Sequence[Any],
+    leaves: Sequence[Any],
+    seen: Callable[[Any, Any], None] | None = None,
+) -> Any:
+    """Evaluates ``jaxpr`` equation by equation; ``seen(var, value)`` watches each result."""
+    from ._incremental import bind
+
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, _Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, leaves))
+    for eqn in jaxpr.eqns:
+        outs = bind(eqn.primitive, [read(v) for v in eqn.invars], eqn.params)
+        for v, x in zip(eqn.outvars, outs):
+            env[v] = x
+            if seen is not None:
+                seen(v, x)
+    (out,) = [read(v) for v in jaxpr.outvars]
+    return out
 
 
 def trace(fn: Callable[[Any], Any], treedef: Any, leaves: Sequence[np.ndarray], kind: str) -> Twin:
@@ -187,26 +198,13 @@ def cost_and_terms(twin: Twin, consts: Sequence[Any], leaves: Sequence[Any]) -> 
     so ``u`` times it estimates the cost's own rounding error: far more than ``u·|J|`` when large
     terms cancel.
     """
-    from ._incremental import bind
-
-    env: dict[Any, Any] = {}
-
-    def read(v: Any) -> Any:
-        return v.val if isinstance(v, _Literal) else env[v]
-
-    for v, x in zip(twin.jaxpr.constvars, consts):
-        env[v] = x
-    for v, x in zip(twin.jaxpr.invars, leaves):
-        env[v] = x
     terms = []
-    for eqn in twin.jaxpr.eqns:
-        outs = bind(eqn.primitive, [read(v) for v in eqn.invars], eqn.params)
-        for v, x in zip(eqn.outvars, outs):
-            env[v] = x
-            dtype = getattr(v.aval, "dtype", None)
-            if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-                terms.append(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float64))))
-    (out,) = [read(v) for v in twin.jaxpr.outvars]
-    out = jnp.asarray(out, jnp.float64)
+
+    def seen(v: Any, x: Any) -> None:
+        dtype = getattr(v.aval, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            terms.append(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float64))))
+
+    out = jnp.asarray(_interpret(twin.jaxpr, consts, leaves, seen), jnp.float64)
     total = jnp.max(jnp.stack([jnp.abs(out), *terms])) if terms else jnp.abs(out)
     return out, total
