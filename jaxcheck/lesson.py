@@ -13,6 +13,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from .errors import InputError
+from .verdict import relative_difference
 
 __all__ = [
     "backward_propagation",
@@ -47,16 +48,7 @@ _THRESHOLD = 1e-7
 Cache = tuple[np.ndarray, ...]
 
 
-def _relative_difference(grad: np.ndarray, gradapprox: np.ndarray) -> float:
-    """The lesson's ``|grad - gradapprox|_2 / (|grad|_2 + |gradapprox|_2)``."""
-    numerator = np.linalg.norm(grad - gradapprox)
-    denominator = np.linalg.norm(grad) + np.linalg.norm(gradapprox)
-    return float(numerator / denominator)
-
-
-# --------------------------------------------------------------------------------------------
 # 1-D: J(theta) = theta * x
-# --------------------------------------------------------------------------------------------
 
 
 def forward_propagation(x: float, theta: float) -> float:
@@ -121,7 +113,7 @@ def gradient_check(
     gradapprox = (j_plus - j_minus) / (2 * epsilon)
 
     grad = backward_propagation(x, theta)
-    difference = _relative_difference(np.asarray(grad), np.asarray(gradapprox))
+    difference = relative_difference(np.asarray(grad), np.asarray(gradapprox))
 
     if print_msg:
         if difference < _THRESHOLD:
@@ -131,9 +123,7 @@ def gradient_check(
     return difference
 
 
-# --------------------------------------------------------------------------------------------
 # N-D: LINEAR -> RELU -> LINEAR -> RELU -> LINEAR -> SIGMOID, binary cross-entropy
-# --------------------------------------------------------------------------------------------
 
 
 def _relu(z: np.ndarray) -> np.ndarray:
@@ -260,9 +250,7 @@ def backward_propagation_n_buggy(
     return _backward(X, Y, cache, dW2_scale=2.0, db1_scale=4.0)
 
 
-# --------------------------------------------------------------------------------------------
 # Flattening parameters and gradients to one column vector
-# --------------------------------------------------------------------------------------------
 
 
 def dictionary_to_vector(
@@ -353,9 +341,7 @@ def gradients_to_vector(
     return np.concatenate([np.reshape(gradients[key], (-1, 1)) for key in keys], axis=0)
 
 
-# --------------------------------------------------------------------------------------------
 # The lesson's N-D check: one parameter at a time, in a Python loop
-# --------------------------------------------------------------------------------------------
 
 
 def gradient_check_n(
@@ -412,7 +398,7 @@ def gradient_check_n(
 
         gradapprox[i] = (J_plus[i] - J_minus[i]) / (2 * epsilon)
 
-    difference = _relative_difference(grad, gradapprox)
+    difference = relative_difference(grad, gradapprox)
 
     if print_msg:
         if difference > _THRESHOLD:
@@ -449,9 +435,7 @@ def gradient_check_n_test_case() -> tuple[np.ndarray, np.ndarray, dict[str, np.n
     return X, Y, parameters
 
 
-# --------------------------------------------------------------------------------------------
 # JAX twins: the same costs on jax.numpy, traceable under jit, vmap and grad
-# --------------------------------------------------------------------------------------------
 
 
 def forward_propagation_jax(x: ArrayLike, theta: ArrayLike) -> jax.Array:
