@@ -32,6 +32,7 @@ from jaxcheck import check, models  # noqa: E402
 import small  # noqa: E402
 from measure import (  # noqa: E402
     SEED_THRESHOLD,
+    cache_directory,
     classic_loop,
     fd_equivalent_flops,
     full_probes,
@@ -233,6 +234,15 @@ def _parser() -> argparse.ArgumentParser:
             "as users call it; default) or given (the zoo's hand-written twin)"
         ),
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=(
+            "jaxcheck's persistent cache directory for this process's checks (default: a new "
+            "empty one, so that first calls compile; child processes always get new ones)"
+        ),
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of models and coordinates")
     parser.add_argument("--json", type=Path, default=None, help="also write every row here")
     return parser
@@ -246,7 +256,9 @@ def _parser() -> argparse.ArgumentParser:
 def _compiles(r: dict[str, Any]) -> str:
     if r["compiles_first"] is None:
         return "—"
-    return f"{r['compiles_first']} / {r['compiles_steady']}"
+    text = f"{r['compiles_first']} / {r['compiles_steady']}"
+    loads = (r.get("compilations_first") or {}).get("disk_loads")
+    return f"{text} ({loads} loaded)" if loads else text
 
 
 def _main_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -617,7 +629,24 @@ def main(argv: list[str] | None = None) -> int:
         except argparse.ArgumentTypeError as err:
             parser.error(str(err))
 
-    run = _Run(args, methods)
+    with cache_directory(args.cache_dir) as cache:
+        run = _Run(args, methods)
+        run.out["cache_dir"] = str(args.cache_dir) if args.cache_dir else "new, empty"
+        run.say(f"jaxcheck's cache directory: {cache}")
+        _run_all(run, sizes, small_names, small_repeats, pytest_checks)
+    print(_report_text(run.out))
+    return 0 if run.out["sanity_ok"] else 1
+
+
+def _run_all(
+    run: _Run,
+    sizes: list[Size] | None,
+    small_names: list[str],
+    small_repeats: int,
+    pytest_checks: int,
+) -> None:
+    """The child processes, then this process's tables; the results go into ``run.out``."""
+    args = run.args
     # The child processes first, before this process claims the accelerator.
     if not args.small and not args.no_lesson:
         run.say("the lesson's network, cold, in a fresh subprocess")
@@ -635,8 +664,6 @@ def main(argv: list[str] | None = None) -> int:
     run.out["sanity_ok"] = not run.out["problems"]
     run.out["complete"] = True
     run.save()
-    print(_report_text(run.out))
-    return 0 if run.out["sanity_ok"] else 1
 
 
 def _large_tables(run: _Run, sizes: list[Size] | None) -> None:
@@ -674,6 +701,8 @@ def _report_text(out: dict[str, Any]) -> str:
         f"{load_end[0]:.2f} at end",
         f"- jax {machine['jax']}, jaxlib {machine['jaxlib']}, NumPy {machine['numpy']}, "
         f"Python {machine['python']}",
+        f"- jaxcheck's persistent cache directory: {out.get('cache_dir', '—')} (child "
+        "processes: a new one each)",
     ]
     if matmul:
         lines.append(

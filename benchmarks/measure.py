@@ -33,6 +33,7 @@ __all__ = [
     "SEED_EPSILON",
     "SEED_THRESHOLD",
     "Compilations",
+    "cache_directory",
     "LoopResult",
     "Timed",
     "check_accepts",
@@ -309,6 +310,10 @@ class Compilations:
         trace_seconds: Seconds tracing.
         lower_seconds: Seconds lowering jaxprs to MLIR.
         names: The name of each backend compile, in order.
+        disk_loads: Programs jaxcheck loaded from its own disk cache (``JAXCHECK_CACHE_DIR``),
+            which JAX's compile events do not see; ``None`` where this jaxcheck has no such
+            cache.
+        disk_stores: Programs jaxcheck wrote to its disk cache; ``None`` likewise.
     """
 
     compiles: int = 0
@@ -318,6 +323,8 @@ class Compilations:
     trace_seconds: float = 0.0
     lower_seconds: float = 0.0
     names: list[str] = dataclasses.field(default_factory=list)
+    disk_loads: int | None = None
+    disk_stores: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The counts as a JSON-serialisable dict."""
@@ -349,6 +356,8 @@ def counting_compilations() -> Iterator[Compilations]:
         elif event == LOWER_EVENT:
             counts.lower_seconds += duration
 
+    disk = _disk_cache_stats()
+    before = dict(disk) if disk is not None else None
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         yield counts
@@ -356,6 +365,47 @@ def counting_compilations() -> Iterator[Compilations]:
         jax.monitoring.unregister_event_duration_listener(listener)
         # A cache hit goes through the backend-compile event too; it compiled nothing.
         counts.compiles -= counts.cache_hits
+        if disk is not None and before is not None:
+            counts.disk_loads = disk.get("loaded", 0) - before.get("loaded", 0)
+            counts.disk_stores = disk.get("stored", 0) - before.get("stored", 0)
+
+
+def _disk_cache_stats() -> Mapping[str, int] | None:
+    """jaxcheck's own count of programs loaded from and stored to its disk cache, if it keeps one.
+
+    Read only; a jaxcheck without ``jaxcheck.compile_cache.stats`` gives ``None``.
+    """
+    try:
+        from jaxcheck import compile_cache
+    except ImportError:
+        return None
+    stats = getattr(compile_cache, "stats", None)
+    return stats if isinstance(stats, Mapping) else None
+
+
+@contextlib.contextmanager
+def cache_directory(path: str | os.PathLike[str] | None = None) -> Iterator[str]:
+    """Points jaxcheck's persistent cache (``JAXCHECK_CACHE_DIR``) at ``path`` inside the block.
+
+    Args:
+        path: The directory; ``None``: a new empty temporary one, deleted afterwards, so that
+            first calls compile instead of loading what an earlier run stored.
+
+    Yields:
+        The directory.
+    """
+    before = os.environ.get("JAXCHECK_CACHE_DIR")
+    with contextlib.ExitStack() as stack:
+        if path is None:
+            path = stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxcheck-bench-"))
+        os.environ["JAXCHECK_CACHE_DIR"] = str(path)
+        try:
+            yield str(path)
+        finally:
+            if before is None:
+                os.environ.pop("JAXCHECK_CACHE_DIR", None)
+            else:
+                os.environ["JAXCHECK_CACHE_DIR"] = before
 
 
 # --------------------------------------------------------------------------------------------

@@ -562,11 +562,8 @@ def run_table(
         "cells": cells,
         "details": details,
         "sanity": sanity,
-        "cache_env": {
-            key: os.environ[key]
-            for key in ("JAXCHECK_NO_CACHE", "JAXCHECK_CACHE_DIR")
-            if key in os.environ
-        },
+        # Children get their own JAXCHECK_CACHE_DIR; a JAXCHECK_NO_CACHE set here is passed on.
+        "cache_env": {key: os.environ[key] for key in ("JAXCHECK_NO_CACHE",) if key in os.environ},
     }
     for name in names:
         params = SMALL_MODELS[name].make(seed).params
@@ -766,7 +763,9 @@ def _counts(counts: dict[str, Any] | None) -> str:
         return "—"
     text = f"{counts['compiles']} XLA compiles ({counts['compile_seconds']:.2f} s)"
     if counts["cache_hits"]:
-        text += f", {counts['cache_hits']} persistent-cache hits"
+        text += f", {counts['cache_hits']} JAX persistent-cache hits"
+    if counts.get("disk_loads"):
+        text += f", {counts['disk_loads']} loaded from jaxcheck's cache"
     return text
 
 

@@ -11,6 +11,7 @@ import contextlib
 import doctest
 import io
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -239,6 +240,23 @@ def test_counting_compilations_sees_a_new_program_and_not_a_cached_one():
         program(np.ones(3, np.float32)).block_until_ready()
     assert first.compiles + first.cache_hits == 1 and first.traces == 1
     assert again.compiles == again.cache_hits == again.traces == 0
+
+
+def test_cache_directory_is_set_inside_the_block_and_restored(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCHECK_CACHE_DIR", "/somewhere/else")
+    with measure.cache_directory() as fresh:
+        assert os.environ["JAXCHECK_CACHE_DIR"] == fresh
+        assert Path(fresh).is_dir() and not any(Path(fresh).iterdir())
+    assert not Path(fresh).exists()
+    with measure.cache_directory(tmp_path) as given:
+        assert given == str(tmp_path)
+    assert os.environ["JAXCHECK_CACHE_DIR"] == "/somewhere/else"
+
+
+def test_quick_leaves_the_environment_as_found(quick):
+    _, _, out = quick
+    assert out["cache_dir"] == "new, empty"
+    assert "jaxcheck-bench-" not in os.environ.get("JAXCHECK_CACHE_DIR", "")
 
 
 @pytest.mark.parametrize(
