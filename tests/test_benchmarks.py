@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import jax
@@ -31,12 +30,8 @@ import tables  # noqa: E402
 
 from jaxcheck import models  # noqa: E402
 
-# The whole module takes about a minute (child processes of the small-model table). "slow" is not
-# registered in pyproject.toml, and filterwarnings = error would turn the unknown-mark warning
-# into a collection error.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-    pytestmark = pytest.mark.slow
+# The whole module takes a minute or more: the small-model table runs child processes.
+pytestmark = pytest.mark.slow
 
 TORCH = pytest.mark.skipif(small.tool_missing("torch") is not None, reason="torch not installed")
 
