@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import subprocess
 import sys
@@ -13,11 +14,13 @@ import pytest
 import jaxcheck as jc
 
 
-def test_all_is_sorted_and_every_name_imports_with_a_docstring():
-    assert jc.__all__ == sorted(jc.__all__)
-    for name in jc.__all__:
-        obj = getattr(jc, name)
-        assert inspect.getdoc(obj), f"jaxcheck.{name} has no docstring"
+@pytest.mark.parametrize("module", ["jaxcheck", "jaxcheck.lesson", "jaxcheck.models"])
+def test_all_is_sorted_and_every_name_imports_with_a_docstring(module):
+    mod = importlib.import_module(module)
+    assert mod.__all__ == sorted(mod.__all__)
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
 
 
 def test_every_error_derives_from_jaxcheck_error():

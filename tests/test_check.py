@@ -11,6 +11,7 @@ import pytest
 from conftest import Lesson
 
 import jaxcheck as jc
+from jaxcheck import models
 
 # --------------------------------------------------------------------------- the lesson
 
@@ -417,6 +418,10 @@ def test_dropout_drawn_inside_the_cost_raises_nondeterminism_error(lesson):
     with pytest.raises(jc.NondeterminismError, match="grad\\(params\\).*'W1'"):
         jc.check(lesson.cost, noisy_grad, lesson.params, jax_cost=lesson.twin)
 
+    live = models.make("dropout_lesson", frozen=False)  # the zoo's dropout, masks drawn live
+    with pytest.raises(jc.NondeterminismError, match="draw them once outside the cost"):
+        jc.check(live.cost, live.grad, live.params, jax_cost=live.jax_cost)
+
 
 # --------------------------------------------------------------------------- report & assert
 
@@ -485,6 +490,17 @@ def test_partial_methods_pass_correct_and_localise_buggy(lesson, method):
     else:
         assert bad.leaves["W1"].checked == 8
         assert "8 dir" in str(bad)
+
+
+@pytest.mark.parametrize("method", ["sample", "directional"])
+def test_partial_methods_catch_a_one_percent_error_in_one_leaf(method):
+    model = models.make("relu_mlp", layers=[30, 40, 20, 1], m=32)
+    kwargs = {"jax_cost": model.jax_cost, "method": method}
+    assert jc.check(model.cost, model.grad, model.params, **kwargs).ok
+    bug = model.bugs["bias_grad_1_percent"]
+    report = jc.check(model.cost, bug.grad, model.params, **kwargs)
+    assert report.failing == ["layers/0/b"]
+    assert report.leaves["layers/0/b"].ratio == pytest.approx(1.01, rel=1e-6)
 
 
 def test_a_single_wrong_entry_is_named_not_summarised_as_a_ratio():

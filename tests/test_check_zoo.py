@@ -38,22 +38,8 @@ def test_zoo_float32_correct_passes_and_bugs_are_found(name):
         assert sorted(found.failing) == sorted(bug.leaves), (bug.name, str(found))
 
 
-def test_dropout_drawn_inside_the_cost_is_refused_and_frozen_masks_are_checked():
-    live = models.make("dropout_lesson", frozen=False)
-    with pytest.raises(jc.NondeterminismError, match="draw them once outside the cost"):
-        jc.check(live.cost, live.grad, live.params, jax_cost=live.jax_cost)
+def test_dropout_with_frozen_masks_is_checked():
     frozen = models.make("dropout_lesson")
     assert jc.check(frozen.cost, frozen.grad, frozen.params).ok
     bug = frozen.bugs["mask_not_applied_in_backward"]
     assert sorted(jc.check(frozen.cost, bug.grad, frozen.params).failing) == sorted(bug.leaves)
-
-
-@pytest.mark.parametrize("method", ["sample", "directional"])
-def test_partial_methods_catch_a_one_percent_error_in_one_leaf(method):
-    model = models.make("relu_mlp", layers=[30, 40, 20, 1], m=32)
-    kwargs = {"jax_cost": model.jax_cost, "method": method}
-    assert jc.check(model.cost, model.grad, model.params, **kwargs).ok
-    bug = model.bugs["bias_grad_1_percent"]
-    report = jc.check(model.cost, bug.grad, model.params, **kwargs)
-    assert report.failing == ["layers/0/b"]
-    assert report.leaves["layers/0/b"].ratio == pytest.approx(1.01, rel=1e-6)

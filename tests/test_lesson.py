@@ -274,7 +274,9 @@ def test_forward_propagation_n_jax_vmaps_over_parameter_vectors(test_case):
     X, Y, parameters = test_case
     theta, _ = lesson.dictionary_to_vector(parameters)
     thetas = np.stack([theta, 0.5 * theta, -theta])
-    expected = [lesson.forward_propagation_n(X, Y, lesson.vector_to_dictionary(t))[0] for t in thetas]
+    expected = [
+        lesson.forward_propagation_n(X, Y, lesson.vector_to_dictionary(t))[0] for t in thetas
+    ]
 
     def cost_of_vector(t):
         pieces, start = {}, 0
@@ -317,9 +319,3 @@ def test_importing_seed_leaves_x64_flag_alone():
     before = jax.config.jax_enable_x64
     importlib.reload(lesson)
     assert jax.config.jax_enable_x64 == before
-
-
-def test_public_names_are_sorted_and_documented():
-    assert lesson.__all__ == sorted(lesson.__all__)
-    for name in lesson.__all__:
-        assert getattr(lesson, name).__doc__, name

@@ -103,12 +103,6 @@ def test_names_lists_every_model() -> None:
     assert models.names() == NAMES
 
 
-def test_public_names_have_docstrings() -> None:
-    assert models.__all__ == sorted(models.__all__)
-    for name in models.__all__:
-        assert getattr(models, name).__doc__, name
-
-
 @pytest.mark.parametrize("name", NAMES, ids=NAMES)
 def test_numpy_cost_equals_twin(name: str) -> None:
     model = models.make(name)
