@@ -327,6 +327,7 @@ class _Compiles:
             self.counting = counting_compilations
 
     def timed(self, fn: Callable[[], bool]) -> tuple[float, bool, dict[str, Any] | None]:
+        """Runs ``fn``: its seconds, its verdict, and what it compiled (``None``: not counted)."""
         if self.counting is None:
             start = time.perf_counter()
             ok = fn()
@@ -339,6 +340,11 @@ class _Compiles:
 
 
 def _child(args: argparse.Namespace) -> dict[str, Any]:
+    """One child's measurements: the tool's import, then its checks by ``args.plan``.
+
+    ``fresh``: the first check of the first model. ``inprocess``: a warm-up check of another
+    model, then per model the first check, new closures, the last closure again, and one bug.
+    """
     start = time.perf_counter()
     if _TOOL_MODULES[args.tool] is not None:
         importlib.import_module(_TOOL_MODULES[args.tool])
