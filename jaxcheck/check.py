@@ -15,16 +15,8 @@ import numpy as np
 from . import verdict as vd
 from .errors import GradientError, InputError, JaxcheckError, PortError
 from .finite_differences import Evaluation, evaluate
-from .judge import (
-    Evidence,
-    classes_of,
-    collect,
-    joint_kink_groups,
-    joint_violations,
-    leaf_status,
-    leaf_tolerance,
-    refinement,
-)
+from .judge import Evidence, classes_of, collect, leaf_status, leaf_tolerance, refinement
+from .kinks import joint_kink_test
 from .numpy_differences import evaluate_numpy
 from .options import Options
 from .plan import Group, plan
@@ -299,20 +291,17 @@ def _joint_kinks(
     options: Options,
     evaluator: _Evaluator,
 ) -> None:
-    """Tests the subgradients accepted at kinks jointly; a failure makes them BACKPROP."""
-    classes = [c for c, _, _ in judged]
-    groups, meta = joint_kink_groups(classes, system.backprop, None, system.leaves64, options.seed)
-    if not groups:
-        return
-    _, _, evals = evaluator(groups, with_gradient=False)
-    for ev, (i, kink, displacement) in zip(evals, meta):
-        bp = judged[i][2]
-        failed = joint_violations(ev, value, bp, kink, displacement, tolerances[i])
-        evidence[i].joint = (int(failed.size), int(failed.sum()))
-        if failed.any():
-            # The entries along the failing directions are jointly not a subgradient.
-            involved = np.any(displacement[failed] != 0, axis=0)
-            classes[i][kink[involved]] = vd.BACKPROP
+    """Tests the subgradients accepted at kinks jointly; failing clusters become BACKPROP."""
+    joint_kink_test(
+        lambda groups: evaluator(groups, with_gradient=False)[2],
+        system.leaves64,
+        system.backprop,
+        [c for c, _, _ in judged],
+        evidence,
+        tolerances,
+        value,
+        options.seed,
+    )
 
 
 def _precision(

@@ -3,7 +3,7 @@
 Every entry is judged backprop vs autodiff; finite differences decide where those two disagree
 (every method probes each disagreeing entry itself, so the verdict never depends on the method)
 and check the twin where they agree. Entries accepted one at a time as subgradients at a kink
-are then tested jointly, along directions spanning the kink set.
+are then tested jointly (:mod:`jaxcheck.kinks`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ __all__ = ["Evidence", "MAX_REFINE", "collect", "leaf_status", "leaf_tolerance",
 
 #: Most entries per leaf re-evaluated (at ±h and ±2h) to settle a disagreement or find kinks.
 MAX_REFINE = 4096
-#: Most pairs of neighbouring kink entries per leaf tested jointly.
-MAX_PAIRS = 256
-#: Random sign patterns over a leaf's kink set tested jointly.
-RANDOM_PATTERNS = 8
 
 _U64 = float(np.finfo(np.float64).eps)
 
@@ -303,77 +299,6 @@ def classes_of(
         tol_d = dataclasses.replace(tol, atol=float(np.max(tol.atol, initial=0.0)))
         direction_classes = vd.classify(evidence.directions, tol_d, autodiff=autodiff)
     return classes, direction_classes
-
-
-def joint_kink_groups(
-    classes: Sequence[np.ndarray],
-    backprop: Sequence[np.ndarray],
-    gradient: Sequence[np.ndarray] | None,
-    leaves: Sequence[np.ndarray],
-    seed: int,
-) -> tuple[list[Group], list[tuple[int, np.ndarray, np.ndarray]]]:
-    """Directions spanning each leaf's kink set, to test the accepted subgradients jointly.
-
-    Per leaf with several entries on kinks: the all-ones direction over the set, each pair of
-    neighbouring kink entries, and random sign patterns, each scaled by the default step.
-    Returns the probe groups and, per group, (leaf, kink entries, direction matrix over them).
-    """
-    groups, meta = [], []
-    for i, cls in enumerate(classes):
-        kink = np.flatnonzero(cls == vd.KINK)
-        if kink.size < 2:
-            continue
-        rng = np.random.default_rng([seed, i, 7])
-        patterns = [np.ones(kink.size)]
-        for a in range(min(kink.size - 1, MAX_PAIRS)):
-            pair = np.zeros(kink.size)
-            pair[a : a + 2] = 1.0
-            patterns.append(pair)
-        for _ in range(RANDOM_PATTERNS):
-            patterns.append(rng.choice([-1.0, 0.0, 1.0], size=kink.size))
-        pattern = np.array(patterns)
-        x = leaves[i].reshape(-1)
-        h = default_step(x[kink])
-        vectors = np.zeros((len(pattern), x.size))
-        vectors[:, kink] = pattern * h
-        # Each direction at δ and 2δ: the change between them measures the curvature, which
-        # the bracket of one-sided derivatives must allow for.
-        both = np.concatenate([vectors, 2 * vectors])
-        probe = Probe((i,), "vector", len(both), vectors=both)
-        groups.append(Group(probe, np.full(len(both), i), np.arange(len(both))))
-        meta.append((i, kink, vectors[:, kink]))
-    return groups, meta
-
-
-def joint_violations(
-    evaluation: Evaluation,
-    value: float,
-    bp: np.ndarray,
-    kink: np.ndarray,
-    displacement: np.ndarray,
-    tol: Tolerance,
-) -> np.ndarray:
-    """Which joint directions the backprop's subgradient fails: g·δ outside [D−, D+].
-
-    ``D+ = J(θ+δ) − J(θ)`` and ``D− = J(θ) − J(θ−δ)`` bracket every subgradient's g·δ up to
-    curvature, which the same differences at 2δ measure (as for single coordinates).
-    """
-    k = displacement.shape[0]
-    up = evaluation.up[:k] - value
-    down = value - evaluation.down[:k]
-    up_2 = (evaluation.up[k:] - value) / 2
-    down_2 = (value - evaluation.down[k:]) / 2
-    g = bp[kink] @ displacement.T
-    values = np.abs(np.concatenate([evaluation.up, evaluation.down]))
-    rounding = vd.ROUNDING_SAFETY * _U64 * max(float(np.max(values)), abs(value))
-    curvature = np.maximum(np.abs(up_2 - up), np.abs(down_2 - down))
-    atol = tol.atol[kink] if np.ndim(tol.atol) else np.full(kink.size, tol.atol)
-    margin = 8 * rounding + curvature + tol.rtol * (np.abs(bp[kink]) @ np.abs(displacement.T))
-    margin = margin + atol @ np.abs(displacement.T)
-    lo = np.minimum(up, down) - margin
-    hi = np.maximum(up, down) + margin
-    with np.errstate(invalid="ignore"):
-        return ~((g >= lo) & (g <= hi))
 
 
 def leaf_status(classes: np.ndarray, direction_classes: np.ndarray | None) -> Status:
