@@ -16,6 +16,7 @@ import pytest
 import jaxcheck
 from jaxcheck.errors import PortError
 from jaxcheck.port import port
+from tests.realistic import layers, losses, nets
 
 FIXTURE = Path(__file__).parent / "port_fixtures" / "numpy_model.py"
 
@@ -128,7 +129,7 @@ def test_port_vmaps(case):
 def test_grad_matches_analytic_gradient():
     X, Y, params = _data(3)
     with jax.enable_x64(True):
-        grads = jax.grad(port(nm.two_layer_cost), argnums=2)(X, Y, params)
+        grads = jax.jit(jax.grad(port(nm.two_layer_cost), argnums=2))(X, Y, params)
     expected = nm.two_layer_gradients(X, Y, params)
     for key in params:
         np.testing.assert_allclose(grads[key], expected[key], rtol=1e-10, atol=1e-14)
@@ -411,3 +412,398 @@ def test_seed_forward_propagation_n():
     np.testing.assert_allclose(jax_cost, cost, rtol=1e-12)
     for key in parameters:
         np.testing.assert_allclose(grads[key], expected["d" + key], rtol=1e-9, atol=1e-12)
+
+
+# ---- Code people write: assignment into arrays, NumPy values that must stay NumPy ----------
+
+ASSIGNMENTS_FIXTURE = Path(__file__).parent / "port_fixtures" / "assignments.py"
+spec = importlib.util.spec_from_file_location("port_fixtures_assignments", ASSIGNMENTS_FIXTURE)
+assignments = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(assignments)
+
+ONCE_UNPORTABLE = [
+    nm.inplace_cost,
+    nm.augmented_cost,
+    nm.math_cost,
+    nm.concrete_cost,
+    assignments.nested_targets,
+    assignments.global_target,
+    assignments.closure_target,
+    assignments.tuple_targets,
+    assignments.add_at,
+    assignments.mask_assignments,
+    assignments.objects,
+    assignments.list_indices,
+]
+
+
+def _as_w(fn):
+    """Costs of the fixtures take `params`; the assignment fixtures take `w`."""
+    if fn.__module__ == "port_fixtures_assignments":
+        return lambda params: fn(params["w"])
+    return fn
+
+
+@pytest.mark.parametrize("cost", ONCE_UNPORTABLE, ids=lambda f: f.__name__)
+def test_code_people_write_is_ported(cost):
+    cost = _as_w(cost)
+    params = _params()
+    expected = cost(_params())
+    with jax.enable_x64(True):
+        ported = port(cost)
+        assert jax.make_jaxpr(ported)(params) is not None
+        np.testing.assert_allclose(jax.jit(ported)(params), expected, rtol=1e-12)
+        np.testing.assert_allclose(ported(_params()), expected, rtol=1e-12)
+        grads = jax.jit(jax.grad(ported))(params)
+    numerical = _numerical_gradient(cost, _params())
+    for key in params:
+        np.testing.assert_allclose(grads[key], numerical[key], rtol=1e-5, atol=1e-7)
+
+
+def test_numpy_values_stay_numpy_values():
+    # A library object, not a dict or object of the user's, which the port would put back.
+    seen = types.SimpleNamespace()
+
+    def cost(w):
+        seen.size = np.prod(w.shape[1:])
+        seen.index = np.arange(w.shape[0])
+        np.random.seed(0)
+        seen.mask = np.random.rand(*w.shape) < 0.5
+        return np.sum(w.reshape(w.shape[0], seen.size)[seen.index] * seen.mask)
+
+    w = np.arange(6.0).reshape(2, 3)
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(cost))(w)
+    assert type(seen.size) is np.int64
+    assert type(seen.index) is np.ndarray and type(seen.mask) is np.ndarray
+    np.random.seed(0)
+    np.testing.assert_array_equal(seen.mask, np.random.rand(2, 3) < 0.5)
+
+
+def test_the_random_state_is_left_as_found():
+    np.random.seed(7)
+    before = np.random.get_state()[1].copy()
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(nm.dropout_cost))(_params())
+        jax.make_jaxpr(port(nm.concrete_cost))(_params())
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+
+
+def test_a_long_traced_loop_warns():
+    def cost(w):
+        total = 0.0
+        for _ in range(10_001):
+            total = total + 1.0
+        return np.sum(w) * total
+
+    with jax.enable_x64(True), pytest.warns(jaxcheck.errors.PortWarning, match="10,000 times"):
+        jax.make_jaxpr(port(cost))(np.ones(2))
+    port(cost)(np.ones(2))  # not traced: no warning (warnings are errors here)
+
+
+# ---- The realistic NumPy code of tests/realistic ---------------------------------------------
+
+RNG = np.random.RandomState(0)
+CONV = {"stride": 2, "pad": 1}
+POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
+LABELS = np.array([0, 2, 1, 2, 0, 1])
+
+
+def _one(backward):
+    """A backward returning one gradient, as a tuple like the others."""
+    return lambda dout, cache: (backward(dout, cache),)
+
+
+def _loss_gradient(dout, dx):
+    """Losses return (loss, dx): the gradient of dout * loss is dout * dx."""
+    return (dout * dx,)
+
+
+def _randn(*shapes):
+    return tuple(RNG.randn(*shape) for shape in shapes)
+
+
+# name -> (forward, its arguments, which of them are differentiated, backward)
+LAYERS = {
+    "affine": (
+        layers.affine_forward,
+        _randn((3, 2, 2), (4, 5), (5,)),
+        (0, 1, 2),
+        layers.affine_backward,
+    ),
+    "relu": (layers.relu_forward, _randn((4, 5)), (0,), _one(layers.relu_backward)),
+    "conv": (
+        lambda x, w, b: layers.conv_forward_naive(x, w, b, CONV),
+        _randn((2, 3, 5, 5), (3, 3, 3, 3), (3,)),
+        (0, 1, 2),
+        layers.conv_backward_naive,
+    ),
+    "max-pool": (
+        lambda x: layers.max_pool_forward_naive(x, POOL),
+        _randn((2, 3, 4, 4)),
+        (0,),
+        _one(layers.max_pool_backward_naive),
+    ),
+    "batchnorm": (
+        lambda x, g, b: layers.batchnorm_forward(x, g, b, {"mode": "train"}),
+        _randn((6, 4), (4,), (4,)),
+        (0, 1, 2),
+        layers.batchnorm_backward,
+    ),
+    "layernorm": (
+        lambda x, g, b: layers.layernorm_forward(x, g, b, {}),
+        _randn((6, 4), (4,), (4,)),
+        (0, 1, 2),
+        layers.layernorm_backward,
+    ),
+    "dropout": (
+        lambda x: layers.dropout_forward(x, {"p": 0.7, "mode": "train", "seed": 3}),
+        _randn((6, 4)),
+        (0,),
+        _one(layers.dropout_backward),
+    ),
+    "svm": (lambda x: losses.svm_loss(x, LABELS), _randn((6, 3)), (0,), _loss_gradient),
+    "softmax": (lambda x: losses.softmax_loss(x, LABELS), _randn((6, 3)), (0,), _loss_gradient),
+    "softmax-naive": (
+        lambda w, x: losses.softmax_loss_naive(w, x, LABELS, 0.1),
+        (0.1 * RNG.randn(4, 3), RNG.randn(6, 4)),
+        (0,),
+        _loss_gradient,
+    ),
+    "softmax-vectorized": (
+        lambda w, x: losses.softmax_loss_vectorized(w, x, LABELS, 0.1),
+        (0.1 * RNG.randn(4, 3), RNG.randn(6, 4)),
+        (0,),
+        _loss_gradient,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_realistic_layers_and_losses(name):
+    forward, args, wrt, backward = LAYERS[name]
+    out, cache = forward(*args)
+    dout = np.random.RandomState(1).randn(*np.shape(out))
+
+    def scalar(*a):
+        return jnp.sum(port(forward)(*a)[0] * dout)
+
+    with jax.enable_x64(True):
+        jaxpr = jax.make_jaxpr(scalar)(*args)
+        ported_out = port(forward)(*args)[0]
+        grads = jax.jit(jax.grad(scalar, argnums=wrt))(*args)
+    assert jaxpr.jaxpr.eqns
+    np.testing.assert_allclose(ported_out, out, rtol=1e-12, atol=1e-14)
+    expected = backward(dout, cache)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_svm_loss_naive_ports_until_its_if_on_a_margin():
+    W, X = 0.1 * RNG.randn(4, 3), RNG.randn(6, 4)
+    loss, dW = losses.svm_loss_naive(W, X, LABELS, 0.1)
+    ported = port(losses.svm_loss_naive)
+    with jax.enable_x64(True):
+        # jax.grad alone runs on concrete values, so Python can take the `if margin > 0`.
+        grad = jax.grad(lambda w: ported(w, X, LABELS, 0.1)[0])(W)
+        np.testing.assert_allclose(ported(W, X, LABELS, 0.1)[0], loss, rtol=1e-12)
+        with pytest.raises(PortError, match=r"if margin > 0:") as info:
+            jax.make_jaxpr(lambda w: ported(w, X, LABELS, 0.1)[0])(W)
+    np.testing.assert_allclose(grad, dW, rtol=1e-9, atol=1e-12)
+    assert "`margin`, computed on line" in str(info.value)
+
+
+def _data_for_nets():
+    rng = np.random.RandomState(2)
+    return rng.randn(5, 4), np.array([0, 1, 2, 1, 0])
+
+
+def test_two_layer_net_loss_through_self_params():
+    X, y = _data_for_nets()
+    net = nets.TwoLayerNet()
+    loss, grads = net.loss(X, y)
+    params = net.params
+
+    def cost(p):
+        net.params = p
+        return net.loss(X, y)[0]
+
+    with jax.enable_x64(True):
+        ported = port(cost)
+        jax.make_jaxpr(ported)(dict(params))
+        value, autodiff = jax.jit(jax.value_and_grad(ported))(dict(params))
+        method_value = jax.jit(lambda X: port(net.loss)(X, y)[0])(X)
+    assert net.params is params  # put back after every ported run
+    np.testing.assert_allclose([value, method_value], [loss, loss], rtol=1e-12)
+    for key in grads:
+        np.testing.assert_allclose(autodiff[key], grads[key], rtol=1e-9, atol=1e-12)
+
+
+def test_network_with_lists_of_weights():
+    rng = np.random.RandomState(3)
+    net = nets.Network([3, 4, 2])
+    x, y = rng.randn(3, 1), rng.randn(2, 1)
+    nabla_b, nabla_w = net.backprop(x, y)
+    weights, biases = net.weights, net.biases
+
+    def cost(p):
+        net.weights, net.biases = p["w"], p["b"]
+        return net.cost(x, y)
+
+    params = {"w": list(weights), "b": list(biases)}
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(cost))(params)
+        autodiff = jax.jit(jax.grad(port(cost)))(params)
+    assert net.weights is weights and net.biases is biases
+    for got, want in zip(autodiff["w"] + autodiff["b"], nabla_w + nabla_b):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_net_of_layer_objects():
+    X, t = _data_for_nets()
+    net = nets.LayerNet([4, 5, 3, 3])
+    loss, grads = net.loss(X, t), net.gradient(X, t)
+    params = dict(net.params)
+    relu_mask = net.layers["Relu1"].mask
+
+    def cost(p):
+        net.set_params(p)
+        return net.loss(X, t)
+
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(cost))(params)
+        value, autodiff = jax.jit(jax.value_and_grad(port(cost)))(params)
+    assert net.layers["Relu1"].mask is relu_mask
+    assert net.layers["Affine1"].W is params["W1"]
+    np.testing.assert_allclose(value, loss, rtol=1e-12)
+    for key in grads:
+        np.testing.assert_allclose(autodiff[key], grads[key], rtol=1e-9, atol=1e-12)
+
+
+# ---- The user's world is left as found --------------------------------------------------------
+
+
+class _CachedLayer:
+    """A layer that keeps what its backward needs on itself, as course code does."""
+
+    def __init__(self, w):
+        self.w = w
+        self.cache = None
+
+    def forward(self, x):
+        self.cache = (x, self.w)
+        return np.tanh(x @ self.w)
+
+    def backward(self, dout):
+        x, w = self.cache
+        dz = dout * (1 - np.tanh(x @ w) ** 2)
+        return dz @ w.T
+
+
+def test_a_layer_keeps_its_numpy_cache_after_a_traced_port():
+    rng = np.random.RandomState(4)
+    layer = _CachedLayer(rng.randn(3, 2))
+    x = rng.randn(5, 3)
+    out = layer.forward(x)
+    expected = layer.backward(np.ones_like(out))
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(layer.forward))(x)
+        jax.grad(lambda x: jnp.sum(port(layer.forward)(x)))(x)
+    assert layer.cache[0] is x  # not a tracer: the user's own backward still works
+    np.testing.assert_allclose(layer.backward(np.ones_like(out)), expected)
+
+
+def test_module_level_caches_are_put_back():
+    rng = np.random.RandomState(5)
+    X, Y = rng.randn(3, 6), (rng.rand(1, 6) > 0.5).astype(float)
+    params = {
+        "W1": rng.randn(4, 3),
+        "b1": rng.randn(4, 1),
+        "W2": rng.randn(1, 4),
+        "b2": rng.randn(1, 1),
+    }
+    nets.forward_with_global_cache(X, Y, params)
+    expected = nets.backward_from_global_cache(X, Y, params)
+    before = dict(nets.CACHE)
+    with jax.enable_x64(True):
+        autodiff = jax.jit(jax.grad(port(nets.forward_with_global_cache), argnums=2))(X, Y, params)
+    assert all(nets.CACHE[k] is v for k, v in before.items())
+    for key in expected:
+        np.testing.assert_allclose(autodiff[key], expected[key], rtol=1e-9)
+        np.testing.assert_allclose(
+            nets.backward_from_global_cache(X, Y, params)[key], expected[key]
+        )
+
+
+def test_dicts_passed_in_and_globals_written_are_put_back():
+    bn_param = {"mode": "train"}
+    x, gamma, beta = RNG.randn(6, 4), np.ones(4), np.zeros(4)
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(lambda x: layers.batchnorm_forward(x, gamma, beta, bn_param)[0]))(x)
+    assert bn_param == {"mode": "train"}  # no running statistics holding tracers
+    buffer, log = assignments.BUFFER, list(assignments.LOG)
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(assignments.global_target))(np.ones(3))
+    assert assignments.BUFFER is buffer and assignments.LOG == log
+
+
+# ---- Nothing stale, nothing called more than asked --------------------------------------------
+
+DATA = np.array([1.0, 2.0])
+
+
+def _global_cost(w):
+    return np.sum(DATA * w)
+
+
+def test_changed_data_is_seen():
+    global DATA
+    data, w = DATA, np.array([0.5, -1.0])
+    local = np.array([3.0, 4.0])
+    closure = lambda w: np.sum(local * w)  # noqa: E731
+    ported_global, ported_closure = port(_global_cost), port(closure)
+    with jax.enable_x64(True):
+        assert float(ported_global(w)) == -1.5 and float(ported_closure(w)) == -2.5
+        try:
+            DATA += 1.0  # in place
+            local += 1.0
+            assert float(ported_global(w)) == -2.0 and float(ported_closure(w)) == -3.0
+            DATA = np.array([10.0, 0.0])  # rebound
+            assert float(ported_global(w)) == 5.0
+            assert float(jax.jit(port(_global_cost))(w)) == 5.0
+        finally:
+            DATA = data
+
+
+def test_the_function_is_called_once_per_call():
+    calls = []
+
+    def cost(w):
+        calls.append(1)
+        return np.sum(w**2)
+
+    ported = port(cost)
+    assert calls == []  # porting calls nothing
+    with jax.enable_x64(True):
+        jax.make_jaxpr(ported)(np.ones(2))
+    ported(np.ones(2))
+    assert cost(np.ones(2)) == 2.0
+    assert len(calls) == 1  # the ported runs' appends were put back; the NumPy call's stays
+
+
+def test_classes_built_inside_the_cost_are_ported():
+    class Affine:
+        def __init__(self, w):
+            self.w = np.asarray(w)
+            self.scale = np.sqrt(np.sum(self.w**2))
+
+        def __call__(self, x):
+            return x @ self.w / self.scale
+
+    def cost(w):
+        return np.sum(np.tanh(Affine(w)(np.ones((2, 3)))))
+
+    w = RNG.randn(3, 2)
+    with jax.enable_x64(True):
+        jax.make_jaxpr(port(cost))(w)
+        np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)
