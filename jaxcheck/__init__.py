@@ -15,6 +15,10 @@ from .errors import NondeterminismError as NondeterminismError
 from .errors import PortError as PortError
 from .errors import ReimplementationError as ReimplementationError
 from .errors import UserCodeError as UserCodeError
+from .layer import assert_layer as assert_layer
+from .layer import check_layer as check_layer
+from .objects import assert_object as assert_object
+from .objects import check_object as check_object
 from .port import port as port
 from .report import LeafReport as LeafReport
 from .report import Report as Report
@@ -38,7 +42,11 @@ __all__ = [
     "StepSweep",
     "UserCodeError",
     "assert_gradients",
+    "assert_layer",
+    "assert_object",
     "check",
+    "check_layer",
+    "check_object",
     "port",
     "step_sweep",
 ]

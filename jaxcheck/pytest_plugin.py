@@ -1,4 +1,4 @@
-"""A pytest plugin: the ``gradcheck`` fixture checks a hand-written gradient inside a test.
+"""A pytest plugin: ``gradcheck`` and ``gradcheck_layer`` fail a test whose backprop is wrong.
 
 Installed with jaxcheck (entry point ``pytest11``); jaxcheck itself is imported on first use only.
 """
@@ -13,7 +13,7 @@ import pytest
 if TYPE_CHECKING:
     from .report import Report
 
-__all__ = ["gradcheck"]
+__all__ = ["gradcheck", "gradcheck_layer"]
 
 
 @pytest.fixture
@@ -46,6 +46,51 @@ def gradcheck() -> Callable[..., Report]:
         from .errors import GradientError
 
         report = check(cost, grad, params, **options)
+        if not report.ok:
+            raise GradientError(str(report), report)
+        return report
+
+    return run
+
+
+@pytest.fixture
+def gradcheck_layer() -> Callable[..., Report]:
+    """A function ``gradcheck_layer(forward, backward, *args, **options)`` that fails the test.
+
+    It runs :func:`jaxcheck.check_layer` with the same arguments and options (``dout``,
+    ``wrt``, ``forward_kwargs``, ``jax_forward`` and those of :func:`jaxcheck.check`): forward
+    returns ``out`` or ``(out, cache)``, and backward returns the gradients of forward's
+    floating-point arguments in order. When a gradient is wrong it raises
+    :class:`jaxcheck.GradientError` (an ``AssertionError``) whose message is the report's
+    table; otherwise it returns the :class:`~jaxcheck.Report`. Errors in the inputs propagate as
+    they are. (A separate fixture rather than a second form of ``gradcheck``: ``gradcheck(cost,
+    grad, params)`` and ``gradcheck_layer(forward, backward, x, w, b)`` cannot be told apart by
+    their arguments.) For networks kept in objects, call :func:`jaxcheck.assert_object`.
+
+    Examples:
+        In a test module::
+
+            import numpy as np
+
+            def affine_forward(x, w, b):
+                return x @ w + b, (x, w)
+
+            def affine_backward(dout, cache):
+                x, w = cache
+                return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+            def test_affine(gradcheck_layer):
+                rng = np.random.default_rng(0)
+                x, w, b = rng.normal(size=(4, 3)), rng.normal(size=(3, 2)), rng.normal(size=2)
+                gradcheck_layer(affine_forward, affine_backward, x, w, b)
+    """
+
+    def run(forward: Callable, backward: Callable, *args: Any, **options: Any) -> Report:
+        __tracebackhide__ = True  # the failure points at the test's call, not at jaxcheck
+        from .errors import GradientError
+        from .layer import check_layer
+
+        report = check_layer(forward, backward, *args, **options)
         if not report.ok:
             raise GradientError(str(report), report)
         return report

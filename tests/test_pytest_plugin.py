@@ -111,3 +111,66 @@ def test_options_and_input_errors_pass_through(pytester: pytest.Pytester) -> Non
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
+
+
+LAYER_TESTS = textwrap.dedent(
+    """
+    import numpy as np
+    import pytest
+
+    import jaxcheck as jc
+
+    RNG = np.random.default_rng(0)
+    X, W, B = RNG.normal(size=(4, 3)), RNG.normal(size=(3, 2)), RNG.normal(size=2)
+
+
+    def affine_forward(x, w, b):
+        return x @ w + b, (x, w)
+
+
+    def affine_backward(dout, cache):
+        x, w = cache
+        return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+    def affine_backward_buggy(dout, cache):
+        x, w = cache
+        return dout @ w.T, x.T @ dout, dout.mean(axis=0)
+
+
+    def test_correct_layer(gradcheck_layer):
+        report = gradcheck_layer(affine_forward, affine_backward, X, W, B)
+        assert isinstance(report, jc.Report) and sorted(report.leaves) == ["b", "w", "x"]
+
+
+    def test_options_pass_through(gradcheck_layer):
+        report = gradcheck_layer(affine_forward, affine_backward_buggy, X, W, B, wrt=["x", "w"])
+        assert sorted(report.leaves) == ["w", "x"]
+
+
+    def test_bad_backward_is_an_input_error(gradcheck_layer):
+        with pytest.raises(jc.InputError, match="expected a tuple of 3 gradients"):
+            gradcheck_layer(affine_forward, lambda dout, cache: dout, X, W, B)
+
+
+    def test_buggy_layer(gradcheck_layer):
+        gradcheck_layer(affine_forward, affine_backward_buggy, X, W, B)
+    """
+)
+
+
+def test_gradcheck_layer_passes_and_fails_with_the_report(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_layer_user=LAYER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*GradientError*",
+            "*b *BACKPROP WRONG*",
+            "*Gradient WRONG in b.*",
+            "*b: backprop is 0.25*",
+            "*FAILED test_layer_user.py::test_buggy_layer*",
+        ]
+    )
+    output = result.stdout.str()
+    assert "def run(" not in output and "raise GradientError" not in output

@@ -150,3 +150,28 @@ def test_refinement_is_capped_per_leaf(monkeypatch):
     leaf = report.leaves["W"]
     assert report.failing == ["W"] and leaf.wrong >= 60
     assert leaf.checked <= 8 + 4  # the sample plus at most MAX_REFINE re-evaluated entries
+
+
+def counted_cost(p):
+    print("cost runs")  # a side effect no isolation of the port's writes can undo
+    return float(np.sum(np.sin(X @ p["w"])) + np.sum(p["b"] ** 2))
+
+
+def counted_grad(p):
+    print("grad runs")
+    return grad(p)
+
+
+def _counts(text: str) -> dict[str, int]:
+    return {name: text.count(f"{name} runs") for name in ("cost", "grad")}
+
+
+def test_the_users_code_runs_as_few_times_as_documented(capsys):
+    capsys.readouterr()
+    assert jc.check(counted_cost, counted_grad, PARAMS).ok
+    # cost twice and grad twice (randomness), and the port's single trace of cost's body
+    assert _counts(capsys.readouterr().out) == {"cost": 3, "grad": 2}
+    params32 = {k: v.astype(np.float32) for k, v in PARAMS.items()}
+    jc.check(counted_cost, counted_grad, params32)
+    # and grad once more at float64 copies of θ
+    assert _counts(capsys.readouterr().out) == {"cost": 3, "grad": 3}
