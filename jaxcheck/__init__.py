@@ -5,6 +5,36 @@ Three opinions of dJ/dθ — your NumPy backprop, finite differences of a JAX tw
 parameter, with a verdict that says who is wrong.
 """
 
+import sys
+
+# `python -m jaxcheck` puts the current directory first on sys.path, then imports this package
+# (numpy and jax with it) before jaxcheck/__main__.py runs: a random.py or copy.py there would
+# replace the standard module inside numpy. sys.argv[0] is "-m" only while -m looks for its
+# module, so only then is that directory moved after the standard library, where it stays
+# importable (`jaxcheck check model:cost`) but shadows nothing. `import jaxcheck` leaves
+# sys.path alone.
+if sys.argv[:1] == ["-m"] and sys.path:
+    _first = sys.path.pop(0)  # off the path while sysconfig imports what it needs
+    import os
+    import sysconfig
+
+    if _first in ("", os.getcwd()):
+        _stdlib = tuple(
+            os.path.join(os.path.realpath(sysconfig.get_path(key)), "")
+            for key in ("stdlib", "platstdlib")
+        )
+        _found = [
+            i  # the entry is a stdlib directory, or inside one (lib-dynload), but not site-packages
+            for i, entry in enumerate(sys.path)
+            if "-packages" not in entry
+            and os.path.join(os.path.realpath(entry or os.curdir), "").startswith(_stdlib)
+        ]
+        sys.path.insert(_found[-1] + 1 if _found else len(sys.path), _first)
+        del _stdlib, _found
+    else:
+        sys.path.insert(0, _first)
+    del _first, os, sysconfig
+
 from .check import assert_gradients as assert_gradients
 from .check import check as check
 from .errors import GradientError as GradientError

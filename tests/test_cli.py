@@ -574,6 +574,17 @@ def test_python_m_keeps_the_cwd_importable_but_behind_the_stdlib(tmp_path: Path)
     assert one_json_object(result.stdout)["ok"] is True
 
 
+def test_python_m_from_a_folder_with_namesakes_of_modules_numpy_imports(tmp_path: Path) -> None:
+    # python -m puts the cwd first on sys.path and imports jaxcheck, numpy with it, before
+    # jaxcheck/__main__.py runs. (A types.py or functools.py there breaks runpy itself, before
+    # any jaxcheck code runs: no package can help with those.)
+    cwd = write_project(tmp_path, shadows("random", "copy"))
+    result = run("demo", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "Gradient correct" in result.stdout
+    assert "the user file" not in result.stderr
+
+
 def test_importing_a_namesake_says_the_standard_module_wins(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
