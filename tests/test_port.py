@@ -426,6 +426,7 @@ ONCE_UNPORTABLE = [
     nm.augmented_cost,
     nm.math_cost,
     nm.concrete_cost,
+    nm.library_calls_cost,
     assignments.nested_targets,
     assignments.global_target,
     assignments.closure_target,

@@ -55,6 +55,8 @@ _TAKES_SEQUENCES = frozenset(
         "multi_dot",
     }
 )
+# Of those, the ones that want each item of the list to be an array already.
+_STACKING = frozenset({"stack", "concatenate", "vstack", "hstack", "dstack", "column_stack"})
 # Keyword arguments NumPy still accepts that jax.numpy renamed.
 _KEYWORDS = {"clip": {"a_min": "min", "a_max": "max"}}
 
@@ -171,6 +173,9 @@ def call_numpy(entry: tuple[Any, Any, str], args: tuple[Any, ...], kwargs: dict[
         args = tuple(
             jnp.asarray(a) if isinstance(a, (list, tuple)) and has_jax(a) else a for a in args
         )
+    elif name in _STACKING and args and isinstance(args[0], (list, tuple)):
+        items = [jnp.asarray(a) if isinstance(a, (list, tuple)) else a for a in args[0]]
+        args = (items, *args[1:])
     renames = _KEYWORDS.get(name)
     if renames and kwargs:
         kwargs = {renames.get(k, k): v for k, v in kwargs.items()}

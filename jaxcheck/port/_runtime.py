@@ -60,6 +60,11 @@ def call(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         return call(fn.func, *fn.args, *args, **{**fn.keywords, **kwargs})
     elif fn is float and len(args) == 1 and not kwargs and isinstance(args[0], jax.Array):
         return dispatch.scalar(args[0], as_float=True)
+    elif fn is isinstance and len(args) == 2 and isinstance(args[0], jax.Array):
+        # A traced array stands for a NumPy array: `isinstance(x, np.ndarray)` stays True.
+        kinds = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if np.ndarray in kinds:
+            return True
     elif (fn is max or fn is min) and args and not kwargs and dispatch.has_jax(args):
         return dispatch.extreme(jnp.maximum if fn is max else jnp.minimum, args)
     elif isinstance(fn, type):

@@ -140,6 +140,20 @@ def concrete_cost(params):
     return total + np.sum(parts[:, np.newaxis]) + np.sum([np.dot(w, w), w.T @ w])
 
 
+def library_calls_cost(params):
+    """NumPy methods and ufunc methods given traced values, renamed keywords, builtins."""
+    w, X = params["w"], np.arange(6.0).reshape(2, 3)
+    a = X.dot(w)
+    b = np.clip(a, a_min=-1.0, a_max=1.0)
+    c = np.linalg.norm(w) + np.einsum("ij,j->i", X, w).sum()
+    d = np.add.outer(w, w).sum() + np.maximum.reduce(w)
+    e = max(0, np.sum(w)) + min(np.sum(w), 1.0) + math.exp(w[0])
+    f = w.astype(np.float64, copy=True).sum() + np.float64(w[1])
+    g = np.sum(np.vstack([w, w]) * np.hstack([[1.0], w[1:]]))
+    assert isinstance(w, np.ndarray)
+    return np.sum(b) + c + d + e + f + g
+
+
 # ---- Functions that cannot be ported -------------------------------------------------------
 
 
