@@ -435,6 +435,7 @@ ONCE_UNPORTABLE = [
     assignments.mask_assignments,
     assignments.objects,
     assignments.list_indices,
+    assignments.abc_layers,
 ]
 
 
@@ -807,4 +808,31 @@ def test_classes_built_inside_the_cost_are_ported():
     w = RNG.randn(3, 2)
     with jax.enable_x64(True):
         jax.make_jaxpr(port(cost))(w)
+        np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)
+
+
+def test_costs_in_test_modules_with_asserts_are_rewritten():
+    # pytest rewrote this module's asserts; the port still finds this function's source.
+    def cost(w):
+        assert w.ndim == 1, "a vector"
+        out = np.zeros(2)
+        out[0] = np.sum(w**2)
+        return np.sum(out)
+
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(jax.jit(port(cost))(np.array([1.0, 2.0])), 5.0)
+
+
+def test_functions_passed_to_library_calls_are_ported():
+    def act(z):
+        z = z.copy()
+        z[z < 0] = 0
+        return z
+
+    def cost(w):
+        parts = list(map(act, [w, -w]))
+        return functools.reduce(np.dot, parts) + sum(map(np.sum, parts))
+
+    w = np.array([1.0, -2.0, 3.0])
+    with jax.enable_x64(True):
         np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)

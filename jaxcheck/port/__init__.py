@@ -30,6 +30,10 @@ try:  # JAX's source information (and tracebacks) then point at the user's lines
 except Exception:  # noqa: BLE001 - a private API: without it only JAX's notes are less precise
     pass
 
+_TRACER = getattr(jax.core, "Tracer", None)
+if _TRACER is None:  # pragma: no cover - a jax that no longer exports it
+    from jax._src.core import Tracer as _TRACER
+
 _ENTRIES: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 
@@ -129,7 +133,7 @@ def _entry(target: Any) -> Callable[..., Any]:
     def ported(*args: Any, **kwargs: Any) -> Any:
         if isolate.current() is not None:  # called from ported code: part of that run
             return _run(target, root, args, kwargs)
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        traced = any(isinstance(leaf, _TRACER) for leaf in jax.tree.leaves((args, kwargs)))
         with isolate.Session(traced) as session:
             _add_roots(session, target)
             try:

@@ -78,11 +78,15 @@ def call(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
 
 
 def _call_library(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A library function, given ported versions of the user functions passed to it."""
-    if any(_is_portable(a) for a in args):
-        args = tuple(_routed(a) if _is_portable(a) else a for a in args)
-    if kwargs and any(_is_portable(v) for v in kwargs.values()):
-        kwargs = {k: _routed(v) if _is_portable(v) else v for k, v in kwargs.items()}
+    """A library function, given ported versions of the functions passed to it.
+
+    ``map(sigmoid, zs)``, ``functools.reduce(np.dot, mats)``: the user's functions are ported
+    and NumPy's dispatch, as they would in a call of their own.
+    """
+    if any(_needs_routing(a) for a in args):
+        args = tuple(_routed(a) if _needs_routing(a) else a for a in args)
+    if kwargs and any(_needs_routing(v) for v in kwargs.values()):
+        kwargs = {k: _routed(v) if _needs_routing(v) else v for k, v in kwargs.items()}
     try:
         return fn(*args, **kwargs)
     except Exception as err:
@@ -94,37 +98,42 @@ def _call_library(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
         raise
 
 
-def _is_portable(value: Any) -> bool:
+def _needs_routing(value: Any) -> bool:
     kind = type(value)
     if kind is types.MethodType:
         value = value.__func__
         kind = type(value)
-    return (
-        kind is types.FunctionType
-        and not isinstance(value.__globals__, Overlay)
-        and is_user_function(value)
-    )
+    if kind is types.FunctionType:
+        return not isinstance(value.__globals__, Overlay) and is_user_function(value)
+    return dispatch.numpy_entry(value) is not None and not isinstance(value, type)
 
 
 def _routed(fn: Any) -> Any:
-    @functools.wraps(fn)
     def routed(*args: Any, **kwargs: Any) -> Any:
         return call(fn, *args, **kwargs)
 
+    try:
+        functools.update_wrapper(routed, fn)
+    except (AttributeError, TypeError):  # pragma: no cover - an exotic callable
+        pass
     return routed
 
 
 def _construct(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``cls(*args)`` for a user class, with its ``__init__`` ported."""
+    """``cls(*args)`` for a user class, with its ``__init__`` ported.
+
+    Done the way ``type.__call__`` does it, unless a metaclass changes how instances are made.
+    """
     init = cls.__init__
     if (
-        type(cls) is type
-        and cls.__new__ is object.__new__
+        type(cls).__call__ is type.__call__
         and type(init) is types.FunctionType
         and is_user_function(init)
     ):
-        obj = object.__new__(cls)
-        call(init, obj, *args, **kwargs)
+        new = cls.__new__
+        obj = object.__new__(cls) if new is object.__new__ else new(cls, *args, **kwargs)
+        if isinstance(obj, cls):
+            call(init, obj, *args, **kwargs)
         return obj
     return cls(*args, **kwargs)
 
@@ -216,11 +225,9 @@ def translate_value(value: Any) -> Any:
         if name == "numpy" or name in ("numpy.linalg", "numpy.fft"):
             return dispatch.NumpyProxy(value)
         return value
-    if _is_portable(value):
-        return _routed(value)
-    entry = dispatch.numpy_entry(value)
-    if entry is not None and not isinstance(value, type):
-        return dispatch.Dispatching(entry)
+    if _needs_routing(value):
+        entry = dispatch.numpy_entry(value)
+        return _routed(value) if entry is None else dispatch.Dispatching(entry)
     return value
 
 

@@ -56,12 +56,13 @@ def _find(code: types.CodeType, module_globals: dict[str, Any]) -> types.CodeTyp
     if compiled is None:
         return None
     plain, rewritten, _ = compiled
-    key = None
+    # pytest rewrites the asserts of test modules: there the bytecode cannot agree, so a
+    # function is recognised by its signature, variables and the names it uses instead.
+    same = _same_but_asserts if "@pytest_ar" in module_globals else _same
     for path, candidate in _walk_code(plain, ()):
         if candidate.co_name != code.co_name or candidate.co_firstlineno != code.co_firstlineno:
             continue
-        key = key or _code_key(code)
-        if _code_key(candidate) == key:
+        if same(candidate, code):
             found = _follow(rewritten, path)
             if (
                 found is not None
@@ -70,6 +71,19 @@ def _find(code: types.CodeType, module_globals: dict[str, Any]) -> types.CodeTyp
             ):
                 return found
     return None
+
+
+def _same(candidate: types.CodeType, code: types.CodeType) -> bool:
+    return _code_key(candidate) == _code_key(code)
+
+
+def _same_but_asserts(candidate: types.CodeType, code: types.CodeType) -> bool:
+    def key(c: types.CodeType) -> tuple[Any, ...]:
+        variables = tuple(v for v in c.co_varnames if not v.startswith("@"))
+        counts = (c.co_argcount, c.co_posonlyargcount, c.co_kwonlyargcount)
+        return (*counts, c.co_freevars, variables)
+
+    return key(candidate) == key(code) and set(candidate.co_names) <= set(code.co_names)
 
 
 def source_tree(filename: str, module_globals: dict[str, Any] | None = None) -> ast.Module | None:

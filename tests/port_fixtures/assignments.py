@@ -1,5 +1,7 @@
 """Assignments into arrays in every place people put them, for tests/test_port.py."""
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 BUFFER = np.zeros(3)
@@ -106,3 +108,22 @@ def list_indices(w):
     picked = scores[range(3), [2, 0, 1]]
     scores[[0, 1], [1, 2]] -= 1
     return np.sum(picked) + np.sum(scores)
+
+
+class Layer(ABC):
+    @abstractmethod
+    def forward(self, x): ...
+
+
+class Normalized(Layer):
+    def __init__(self, w):
+        self.w = np.asarray(w)
+        self.norm = np.sqrt(np.sum(self.w**2))
+
+    def forward(self, x):
+        return x * self.w / self.norm
+
+
+def abc_layers(w):
+    """Layers whose base class has a metaclass (ABC), built from the parameters."""
+    return np.sum(Normalized(w).forward(np.arange(3.0)) ** 2)
