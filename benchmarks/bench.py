@@ -217,7 +217,16 @@ def _parser() -> argparse.ArgumentParser:
         "--small-repeats",
         type=int,
         default=None,
-        help="new closures per small model, median reported (default 3; 1 with --quick)",
+        help="new closures per small model and round (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--small-rounds",
+        type=int,
+        default=None,
+        help=(
+            "rounds of the small-model table's child processes, tools interleaved; each cell is "
+            "the median over them (default 3; 1 with --quick)"
+        ),
     )
     parser.add_argument(
         "--pytest-checks",
@@ -387,12 +396,14 @@ class _Run:
             self.problem(f"{what}: {type(err).__name__}: {err}")
             return None
 
-    def small_table(self, names: list[str], repeats: int, pytest_checks: int) -> None:
-        """Measures the small-model table in child processes."""
+    def small_table(self, names: list[str], counts: tuple[int, int], pytest_checks: int) -> None:
+        """Measures the small-model table in child processes; ``counts``: repeats, rounds."""
+        repeats, rounds = counts
         self.out["small"] = small.run_table(
             names,
             twin=self.args.twin,
             repeats=repeats,
+            rounds=rounds,
             pytest_checks=pytest_checks,
             seed=self.args.seed,
             say=self.say,
@@ -600,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul_n",
         "full_max_seconds",
         "small_repeats",
+        "small_rounds",
     )
     for name in positive:
         value = getattr(args, name)
@@ -616,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--small-models: unknown {unknown}; choose from {', '.join(small.SMALL_MODELS)}"
             )
     small_repeats = args.small_repeats or (1 if args.quick else 3)
+    small_rounds = args.small_rounds or (1 if args.quick else 3)
     pytest_checks = args.pytest_checks
     if pytest_checks is None:
         pytest_checks = 3 if args.quick else 30
@@ -633,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         run = _Run(args, methods)
         run.out["cache_dir"] = str(args.cache_dir) if args.cache_dir else "new, empty"
         run.say(f"jaxcheck's cache directory: {cache}")
-        _run_all(run, sizes, small_names, small_repeats, pytest_checks)
+        _run_all(run, sizes, small_names, (small_repeats, small_rounds), pytest_checks)
     print(_report_text(run.out))
     return 0 if run.out["sanity_ok"] else 1
 
@@ -642,7 +655,7 @@ def _run_all(
     run: _Run,
     sizes: list[Size] | None,
     small_names: list[str],
-    small_repeats: int,
+    small_counts: tuple[int, int],
     pytest_checks: int,
 ) -> None:
     """The child processes, then this process's tables; the results go into ``run.out``."""
@@ -655,7 +668,7 @@ def _run_all(
         if lesson is not None and not lesson["ok"]:
             run.problem("lesson: the correct backprop judged wrong")
     if not args.no_small:
-        run.guarded("small-model table", run.small_table, small_names, small_repeats, pytest_checks)
+        run.guarded("small-model table", run.small_table, small_names, small_counts, pytest_checks)
     run.out["machine"] = machine_info()
     if not args.small:
         _large_tables(run, sizes)

@@ -71,8 +71,8 @@ SCENARIOS = {
     "fresh_cold": "fresh process, cache cold: first check",
     "fresh_warm": "fresh process, cache warm: first check",
     "fresh_warm_import": "fresh process, cache warm: import + first check",
-    "pytest_cold": "pytest file of {n} checks, cache cold (wall)",
-    "pytest_warm": "pytest file of {n} checks, cache warm (wall)",
+    "pytest_cold": "pytest file of {n}, cache cold (wall)",
+    "pytest_warm": "pytest file of {n}, cache warm (wall)",
 }
 
 #: Targets for jaxcheck against torch (issue 12): scenario, the most jaxcheck / torch may be.
@@ -524,6 +524,7 @@ def run_table(
     *,
     twin: str = "port",
     repeats: int = 3,
+    rounds: int = 3,
     pytest_checks: int = 30,
     seed: int = 0,
     timeout: float = 900.0,
@@ -533,15 +534,16 @@ def run_table(
     """Measures every scenario of the small-model table for every tool that is installed.
 
     Every measurement runs in a child process with a new, empty jaxcheck cache directory (the
-    warm rows reuse the cold run's directory). A crash of one child becomes a problem and a
-    missing cell; the rest goes on.
+    warm rows reuse the cold run's directory), in ``rounds`` that interleave the tools. A crash
+    of one child becomes a problem and a missing cell; the rest goes on.
 
     Args:
         names: Keys of :data:`SMALL_MODELS`; the first is the headline model of the goals.
         twin: ``"port"`` (``jc.check`` ports the NumPy cost, as users call it) or ``"given"``
             (the zoo's hand-written JAX twin).
-        repeats: New closures (and repeats of the last one) per model in-process; the median
-            is reported.
+        repeats: New closures (and repeats of the last one) per model in each in-process child.
+        rounds: Times every in-process child and fresh-process pair runs, the tools interleaved;
+            each cell is the median of its samples over the rounds.
         pytest_checks: Tests in each generated pytest file; 0 skips the pytest rows.
         seed: Seed of the first model; later closures and tests take the following seeds.
         timeout: Seconds before a child is abandoned.
@@ -564,6 +566,7 @@ def run_table(
         "missing": missing,
         "twin": twin,
         "repeats": repeats,
+        "rounds": rounds,
         "pytest_checks": pytest_checks,
         "cells": cells,
         "details": details,
@@ -582,40 +585,51 @@ def run_table(
             problem(f"small table, {tool} {plan} {','.join(chosen)}: {err}")
             return None
 
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {key: {} for key in SCENARIOS}
+
+    def add(key: str, model: str, tool: str, *seconds: float) -> None:
+        samples[key].setdefault(model, {}).setdefault(tool, []).extend(seconds)
+
+    verdicts: dict[tuple[str, str], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="jaxcheck-small-") as scratch:
         root = Path(scratch)
-        for tool in tools:
-            say(f"small models, {tool}: in-process scenarios ({', '.join(names)})")
-            result = child(tool, "inprocess", names, str(root / f"cache-inprocess-{tool}"))
-            if result is None:
-                continue
-            details["inprocess"][tool] = result
-            for name, row in result["models"].items():
-                for key in ("first", "closure", "again"):
-                    cells[key].setdefault(name, {})[tool] = row[key]
-                sanity.append(
-                    {
-                        "tool": tool,
-                        "model": name,
-                        "correct_ok": row["ok"],
-                        "bug": row["bug"],
-                        "bug_caught": row["bug_caught"],
-                    }
+        # Rounds interleave the tools, so that a burst of load on the machine hits them alike.
+        for r in range(rounds):
+            for tool in tools:
+                say(
+                    f"small models, round {r + 1}/{rounds}, {tool}: in-process ({', '.join(names)})"
                 )
-        for tool in tools:
-            for name in names:
-                say(f"small models, {tool}: fresh processes, {name}, cache cold then warm")
-                cache = str(root / f"cache-fresh-{tool}-{name}")
-                runs = [child(tool, "fresh", [name], cache) for _ in range(2)]
-                details["fresh"].setdefault(tool, {})[name] = runs
-                cold, warm = runs
-                if cold is not None:
-                    cells["fresh_cold"].setdefault(name, {})[tool] = cold["seconds"]
-                if warm is not None:
-                    cells["fresh_warm"].setdefault(name, {})[tool] = warm["seconds"]
-                    cells["fresh_warm_import"].setdefault(name, {})[tool] = (
-                        warm["import_seconds"] + warm["seconds"]
+                cache = str(root / f"cache-{r}-inprocess-{tool}")
+                result = child(tool, "inprocess", names, cache)
+                if result is None:
+                    continue
+                details["inprocess"].setdefault(tool, []).append(result)
+                for name, row in result["models"].items():
+                    add("first", name, tool, row["first"])
+                    add("closure", name, tool, *row["closure_all"])
+                    add("again", name, tool, *row["again_all"])
+                    verdict = verdicts.setdefault(
+                        (tool, name),
+                        {"tool": tool, "model": name, "correct_ok": True, "bug": row["bug"]},
                     )
+                    verdict["correct_ok"] = verdict["correct_ok"] and row["ok"]
+                    verdict["bug_caught"] = verdict.get("bug_caught", True) and row["bug_caught"]
+            for name in names:
+                for tool in tools:
+                    say(f"small models, round {r + 1}/{rounds}, {tool}: fresh processes, {name}")
+                    cache = str(root / f"cache-{r}-fresh-{tool}-{name}")
+                    cold, warm = (child(tool, "fresh", [name], cache) for _ in range(2))
+                    details["fresh"].setdefault(tool, {}).setdefault(name, []).append([cold, warm])
+                    if cold is not None:
+                        add("fresh_cold", name, tool, cold["seconds"])
+                    if warm is not None:
+                        add("fresh_warm", name, tool, warm["seconds"])
+                        add(
+                            "fresh_warm_import",
+                            name,
+                            tool,
+                            warm["import_seconds"] + warm["seconds"],
+                        )
         if pytest_checks > 0:
             label = "the models in turn" if len(names) > 1 else names[0]
             for tool in [*tools, "floor"]:
@@ -636,8 +650,13 @@ def run_table(
                         run = None
                     runs.append(run)
                     if run is not None and tool != "floor":
-                        cells[key].setdefault(label, {})[tool] = run["seconds"]
+                        add(key, label, tool, run["seconds"])
                 details["pytest"][tool] = runs
+    for key, by_model in samples.items():
+        for model, by_tool in by_model.items():
+            for tool, values in by_tool.items():
+                cells[key].setdefault(model, {})[tool] = statistics.median(values)
+    sanity.extend(verdicts.values())
     for row in sanity:
         if row["tool"] in ("jaxcheck", "torch", "check_grads"):
             if not row["correct_ok"]:
@@ -684,7 +703,8 @@ def table_text(out: dict[str, Any]) -> str:
     rows = []
     for key, label in SCENARIOS.items():
         for model, cell in out["cells"].get(key, {}).items():
-            row = [label.format(n=out["pytest_checks"]), model]
+            checks = out["pytest_checks"]
+            row = [label.format(n=f"{checks} check{'s' if checks != 1 else ''}"), model]
             for tool in TOOLS:
                 if tool in out["missing"]:
                     row.append(out["missing"][tool])
@@ -700,11 +720,12 @@ def table_text(out: dict[str, Any]) -> str:
     lines = [
         markdown(header, rows) if rows else "(no measurements)",
         "",
-        f"Models: {params}. jaxcheck's twin: {twin}. In-process rows: after one warm-up check "
-        f"of another model; new closure and same closure: median of {out['repeats']}. Fresh "
-        "process: check alone, and with the tool's import (Python and NumPy start-up, and "
-        "building the model, excluded). Pytest rows: wall time of `python -m pytest` on a "
-        "generated file, everything included.",
+        f"Models: {params}. jaxcheck's twin: {twin}. Each cell is a median over "
+        f"{out['rounds']} round(s) of child processes, the tools interleaved (new closure and "
+        f"same closure: {out['repeats']} per round). In-process rows: after one warm-up check "
+        "of another model. Fresh process: the check alone, and with the tool's import (Python "
+        "and NumPy start-up, and building the model, excluded). Pytest rows: wall time of "
+        "`python -m pytest` on a generated file, everything included (one run each).",
     ]
     lines += _compile_notes(out)
     floor = out["details"]["pytest"].get("floor")
@@ -744,7 +765,8 @@ def _verdicts(sanity: Sequence[dict[str, Any]]) -> str:
 
 
 def _compile_notes(out: dict[str, Any]) -> list[str]:
-    inprocess = out["details"]["inprocess"].get("jaxcheck")
+    # The last round's counts: every round compiles the same programs.
+    inprocess = (out["details"]["inprocess"].get("jaxcheck") or [None])[-1]
     if not inprocess:
         return []
     lines = []
@@ -754,7 +776,7 @@ def _compile_notes(out: dict[str, Any]) -> list[str]:
         if first is None:
             continue
         closure = closures[-1] if closures else None
-        fresh = out["details"]["fresh"].get("jaxcheck", {}).get(name) or [None, None]
+        fresh = (out["details"]["fresh"].get("jaxcheck", {}).get(name) or [[None, None]])[-1]
         warm = fresh[1]["compilations"] if fresh[1] else None
         parts = [f"first {_counts(first)}", f"new closure {_counts(closure)}"]
         parts.append(f"fresh process, cache warm {_counts(warm)}")

@@ -286,6 +286,7 @@ def test_table_says_when_torch_is_not_installed():
         "missing": {"torch": "torch not installed"},
         "twin": "port",
         "repeats": 1,
+        "rounds": 1,
         "pytest_checks": 2,
         "cells": {"first": {"tanh-49": {"jaxcheck": 0.5, "check_grads": 0.1, "classic": 0.004}}},
         "details": {"inprocess": {}, "fresh": {}, "pytest": {}},
