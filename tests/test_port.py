@@ -16,7 +16,7 @@ import pytest
 import jaxcheck
 from jaxcheck.errors import PortError
 from jaxcheck.port import port
-from tests.realistic import layers, losses, nets
+from tests.realistic import layers, losses, nets, rnn
 
 FIXTURE = Path(__file__).parent / "port_fixtures" / "numpy_model.py"
 
@@ -836,3 +836,53 @@ def test_functions_passed_to_library_calls_are_ported():
     w = np.array([1.0, -2.0, 3.0])
     with jax.enable_x64(True):
         np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)
+
+
+def test_rnn_loss_over_a_sequence():
+    rng = np.random.RandomState(6)
+    hidden, vocab = 4, 5
+    params = {
+        "Wxh": 0.1 * rng.randn(hidden, vocab),
+        "Whh": 0.1 * rng.randn(hidden, hidden),
+        "Why": 0.1 * rng.randn(vocab, hidden),
+        "bh": np.zeros((hidden, 1)),
+        "by": np.zeros((vocab, 1)),
+    }
+    inputs, targets, hprev = [0, 1, 2, 3, 1], [1, 2, 3, 4, 0], np.zeros((hidden, 1))
+    loss, *grads, _ = rnn.rnn_loss(inputs, targets, hprev, **params)
+
+    def cost(p):
+        return rnn.rnn_loss(inputs, targets, hprev, **p)[0]
+
+    with jax.enable_x64(True):
+        value, autodiff = jax.jit(jax.value_and_grad(port(cost)))(params)
+    np.testing.assert_allclose(value, loss, rtol=1e-12)
+    for key, want in zip(params, grads):
+        np.testing.assert_allclose(autodiff[key], want, rtol=1e-9, atol=1e-12)
+
+
+def test_layers_that_leave_their_output_on_themselves():
+    X, y = _data_for_nets()
+    dense1, relu, dense2 = nets.Dense(4, 5), nets.ActivationReLU(), nets.Dense(5, 3, seed=1)
+    head = nets.SoftmaxCrossEntropy()
+
+    def cost(p):
+        dense1.weights, dense1.biases, dense2.weights, dense2.biases = p
+        dense1.forward(X)
+        relu.forward(dense1.output)
+        dense2.forward(relu.output)
+        return head.forward(dense2.output, y)
+
+    params = (dense1.weights, dense1.biases, dense2.weights, dense2.biases)
+    loss = cost(params)
+    head.backward(head.output, y)
+    dense2.backward(head.dinputs)
+    relu.backward(dense2.dinputs)
+    dense1.backward(relu.dinputs)
+    with jax.enable_x64(True):
+        value, autodiff = jax.jit(jax.value_and_grad(port(cost)))(params)
+    assert type(dense1.output) is np.ndarray  # put back after the traced run
+    np.testing.assert_allclose(value, loss, rtol=1e-12)
+    expected = (dense1.dweights, dense1.dbiases, dense2.dweights, dense2.dbiases)
+    for got, want in zip(autodiff, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -176,6 +176,9 @@ def call_numpy(entry: tuple[Any, Any, str], args: tuple[Any, ...], kwargs: dict[
     elif name in _STACKING and args and isinstance(args[0], (list, tuple)):
         items = [jnp.asarray(a) if isinstance(a, (list, tuple)) else a for a in args[0]]
         args = (items, *args[1:])
+    if "out" in kwargs:
+        # JAX computes a new array; a statement `np.f(..., out=x)` rebinds x to it.
+        kwargs = {k: v for k, v in kwargs.items() if k != "out"}
     renames = _KEYWORDS.get(name)
     if renames and kwargs:
         kwargs = {renames.get(k, k): v for k, v in kwargs.items()}

@@ -266,7 +266,26 @@ class Rewriter(ast.NodeTransformer):
             out.append(_assign(new, _helper(UFUNC_AT, func, container, *rest, keywords=keywords)))
             out.append(ast.If(_changed(new, container), store(_name(new)) or [ast.Pass()], []))
             return self._located(out, node)
+        if self.in_function and isinstance(call, ast.Call):
+            targets = [k for k in call.keywords if k.arg == "out"]
+            if targets and isinstance(targets[0].value, (ast.Name, ast.Attribute, ast.Subscript)):
+                return self._located(self._out_argument(call, targets[0]), node)
         return self.generic_visit(node)
+
+    def _out_argument(self, call: ast.Call, target: ast.keyword) -> list[ast.stmt]:
+        """``np.exp(x, out=x)``: where JAX gives a new array instead, ``x`` is rebound to it."""
+        out: list[ast.stmt] = []
+        func = self._evaluated(self.visit(call.func), out)
+        setup, container, store = self._container(target.value)
+        out.extend(setup)
+        args = [self.visit(a) for a in call.args]
+        keywords = [
+            ast.keyword("out", container) if k is target else self.visit(k) for k in call.keywords
+        ]
+        new = self._temp()
+        out.append(_assign(new, ast.Call(_name(CALL), [func, *args], keywords)))
+        out.append(ast.If(_changed(new, container), store(_name(new)) or [ast.Pass()], []))
+        return out
 
     def _loop(self, node: ast.For | ast.AsyncFor | ast.While) -> ast.AST:
         self.generic_visit(node)

@@ -213,6 +213,58 @@ class LayerNet:
             self.layers[f"Affine{k}"].b = params[f"b{k}"]
 
 
+# ---- layers that leave their results on themselves: forward returns nothing -------------------
+
+
+class Dense:
+    def __init__(self, n_inputs, n_neurons, seed=0):
+        rng = np.random.RandomState(seed)
+        self.weights = 0.1 * rng.randn(n_inputs, n_neurons)
+        self.biases = np.zeros((1, n_neurons))
+
+    def forward(self, inputs):
+        self.inputs = inputs
+        self.output = np.dot(inputs, self.weights) + self.biases
+
+    def backward(self, dvalues):
+        self.dweights = np.dot(self.inputs.T, dvalues)
+        self.dbiases = np.sum(dvalues, axis=0, keepdims=True)
+        self.dinputs = np.dot(dvalues, self.weights.T)
+
+
+class ActivationReLU:
+    def forward(self, inputs):
+        self.inputs = inputs
+        self.output = np.maximum(0, inputs)
+
+    def backward(self, dvalues):
+        self.dinputs = dvalues.copy()
+        self.dinputs[self.inputs <= 0] = 0
+
+
+class SoftmaxCrossEntropy:
+    """Softmax and categorical cross-entropy together, for labels as indices or one-hot rows."""
+
+    def forward(self, inputs, y_true):
+        exp_values = np.exp(inputs - np.max(inputs, axis=1, keepdims=True))
+        self.output = exp_values / np.sum(exp_values, axis=1, keepdims=True)
+        samples = len(self.output)
+        clipped = np.clip(self.output, 1e-7, 1 - 1e-7)
+        if len(y_true.shape) == 1:
+            confidences = clipped[range(samples), y_true]
+        else:
+            confidences = np.sum(clipped * y_true, axis=1)
+        return np.mean(-np.log(confidences))
+
+    def backward(self, dvalues, y_true):
+        samples = len(dvalues)
+        if len(y_true.shape) == 2:
+            y_true = np.argmax(y_true, axis=1)
+        self.dinputs = dvalues.copy()
+        self.dinputs[range(samples), y_true] -= 1
+        self.dinputs = self.dinputs / samples
+
+
 # ---- a forward pass that keeps its intermediates in a module-level dict -----------------------
 
 CACHE = {}
