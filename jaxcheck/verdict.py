@@ -259,7 +259,8 @@ def classify(op: Opinions, tol: Tolerance, *, autodiff: bool = True) -> np.ndarr
         )
         # Finite differences can tell backprop from autodiff only where their error is well
         # below the gap between the two.
-        decisive = precise & (2 * err < np.abs(bp - ad))
+        separates = 2 * err < np.abs(bp - ad)
+        decisive = precise & separates
         bp_fd = close(bp, fd, max(tol.rtol, tol.fd_rtol), tol.atol + err)
         to_bp, to_ad = np.abs(fd - bp), np.abs(fd - ad)
     margin = op.slope_error + tol.atol + tol.rtol * np.abs(bp)
@@ -280,10 +281,12 @@ def classify(op: Opinions, tol: Tolerance, *, autodiff: bool = True) -> np.ndarr
     disagree = ~bp_ad & ~subgradient
     out[~bp_ad & subgradient] = KINK
     out[disagree & fd_ad & ~bp_fd & decisive] = BACKPROP
-    out[disagree & bp_fd & ~fd_ad & decisive] = TWIN
-    apart = disagree & ~fd_ad & ~bp_fd & precise
+    # Blaming the twin only needs finite differences to separate the two opinions; blaming
+    # the user's backprop also needs them precise.
+    out[disagree & bp_fd & ~fd_ad & separates] = TWIN
+    apart = disagree & ~fd_ad & ~bp_fd
     with np.errstate(invalid="ignore"):
-        out[apart & (CLOSER * to_ad < to_bp)] = BACKPROP
+        out[apart & precise & (CLOSER * to_ad < to_bp)] = BACKPROP
         out[apart & (CLOSER * to_bp < to_ad)] = TWIN
     out[~np.isfinite(bp) & np.isfinite(ad)] = BACKPROP
     return out
