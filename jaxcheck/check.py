@@ -94,7 +94,8 @@ def check(
             ``None``: from 64 entries up; ``False``: every perturbed point from scratch.
         twin: ``"auto"``: when ``cost`` cannot be ported and no ``jax_cost`` is given, judge
             two-way (backprop against finite differences of the NumPy cost) and say so;
-            ``"required"``: raise the :class:`~jaxcheck.PortError` instead (for CI).
+            ``"required"``: raise the :class:`~jaxcheck.PortError` instead (for CI);
+            ``"none"``: judge two-way without trying to port ``cost``.
         cache: keep compiled programs on disk, so a fresh process re-running the same check
             compiles nothing (``$JAXCHECK_CACHE_DIR``, else ``~/.cache/jaxcheck``); ``None``:
             on unless the environment sets ``JAXCHECK_NO_CACHE=1``.
@@ -214,6 +215,8 @@ def run(system: System, options: Options, *, start: float | None = None) -> Repo
     with jax.enable_x64(True):
         groups = plan(leaves, paths, options)
         value, gradient, evals = evaluator(groups, with_gradient=True, progress=options.progress)
+        if gradient is None:
+            gradient = system.reference  # an autodiff opinion from outside JAX, if any
         if not system.autodiff:
             gradient = None  # the twin's jax.grad is the rule under test: not a witness
         evidence = [Evidence(np.zeros(0, np.int64), None, np.zeros(0, bool)) for _ in leaves]

@@ -19,8 +19,9 @@ __all__ = ["METHODS", "TWIN_MODES", "Options"]
 
 #: The finite-difference methods.
 METHODS = ("full", "sample", "directional")
-#: What to do when no JAX twin can be had: judge two-way ("auto") or raise ("required").
-TWIN_MODES = ("auto", "required")
+#: What to do when no JAX twin can be had: judge two-way ("auto") or raise ("required"); or judge
+#: two-way without looking for one ("none": a cost that is not NumPy code, e.g. torch).
+TWIN_MODES = ("auto", "required", "none")
 #: Coordinates per leaf in ``method="sample"`` when ``samples`` is not given.
 DEFAULT_SAMPLES = 64
 #: Random directions per leaf in ``method="directional"`` when ``directions`` is not given.

@@ -67,6 +67,9 @@ class System:
             twin's derivative is the system under test itself (a custom rule checked by
             :func:`jaxcheck.check_rule` without a reference): then the twin only gives finite
             differences, and the check is two-way.
+        reference: an autodiff opinion computed outside JAX (float64 leaves) for a system
+            without a twin, such as torch autograd of a reference forward
+            (:mod:`jaxcheck.torch`); else None.
     """
 
     leaves: Leaves
@@ -80,6 +83,7 @@ class System:
     cost_mismatch: float
     dtype: np.dtype
     autodiff: bool = True
+    reference: list[np.ndarray] | None = None
 
     @property
     def twin_kind(self) -> str:
@@ -219,6 +223,8 @@ def _twin(
     leaves64: list[np.ndarray],
     options: Options,
 ) -> tuple[Twin | None, JaxcheckError | None]:
+    if jax_cost is None and options.twin == "none":
+        return None, None
     if jax_cost is not None:
         fn, kind = jax_cost, "given"
     else:
