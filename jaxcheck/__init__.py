@@ -52,6 +52,8 @@ from .objects import check_object as check_object
 from .port import port as port
 from .report import LeafReport as LeafReport
 from .report import Report as Report
+from .rule import check_rule as check_rule
+from .second_order import check_hvp as check_hvp
 from .sweep import StepSweep as StepSweep
 from .sweep import step_sweep as step_sweep
 from .verdict import Status as Status
@@ -75,8 +77,10 @@ __all__ = [
     "assert_layer",
     "assert_object",
     "check",
+    "check_hvp",
     "check_layer",
     "check_object",
+    "check_rule",
     "port",
     "step_sweep",
 ]
