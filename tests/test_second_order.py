@@ -306,3 +306,85 @@ def test_the_report_serialises_and_plots(net):
     assert data["leaves"]["b1"]["factor"] == pytest.approx(2.0)
     figure = report.plot()
     assert figure.axes
+
+
+# --------------------------------------------------------------------------- the engine inside
+
+
+def test_the_device_screen_passes_exactly_what_classify_calls_ok():
+    from jaxcheck import _products
+    from jaxcheck import verdict as vd
+
+    rng = np.random.default_rng(3)
+    directions, sizes = 6, (5, 7)
+    n = sum(sizes)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    exact = rng.normal(size=(directions, n))
+    user = exact.copy()
+    user[rng.random(user.shape) < 0.2] *= 1.02  # some wrong entries ...
+    user[0, 2] = np.nan  # ... and a non-finite one
+    steps = np.full(directions, 1e-5)
+    g0 = rng.normal(size=n)
+    drift = np.where(rng.random(exact.shape) < 0.2, 1e-3, 1e-12)  # FD astray at some entries
+    up = g0 + steps[:, None] * exact * (1 + drift)
+    down = g0 - steps[:, None] * exact * (1 + drift)
+    outs = np.stack([up, down, exact], axis=1)
+    rtol = np.array([1e-7, 1e-3])
+    with jax.enable_x64(True):
+        screen = jax.jit(lambda *args: _products._screen(*args, owner, len(sizes)))(
+            user, g0, outs, steps, np.ones(directions, bool), rtol
+        )
+    flagged = np.asarray(screen[0])
+    atol, scale, fd_atol, floor = (np.asarray(x) for x in screen[5:])
+    for i in range(len(sizes)):
+        cols = owner == i
+        op = second_order._opinions(
+            user[:, cols].ravel(),
+            exact[:, cols].ravel(),
+            up[:, cols].ravel(),
+            down[:, cols].ravel(),
+            np.tile(g0[cols], directions),
+            np.repeat(steps, sizes[i]),
+            float(floor[i]),
+        )
+        spread = sizes[i]
+        tol = vd.Tolerance(
+            rtol[i],
+            np.repeat(atol[i], spread),
+            vd.FD_RTOL,
+            np.repeat(fd_atol[i], spread),
+            np.repeat(scale[i], spread),
+        )
+        ok = vd.classify(op, tol) == vd.OK
+        np.testing.assert_array_equal(~flagged[:, cols].ravel(), ok)
+        assert 0 < ok.sum() < ok.size
+
+
+@pytest.mark.parametrize("judged", [3, 10_000], ids=["capped", "all"])
+def test_large_checks_refine_flagged_directions_and_count_what_they_do_not_judge(
+    net, monkeypatch, judged
+):
+    from jaxcheck import _products
+
+    monkeypatch.setattr(_products, "SMALL_CHECK", 0)  # ±2h in a second program, as when large
+    monkeypatch.setattr(second_order, "MAX_JUDGED", judged)
+    report = jc.check_hvp(
+        net.cost, lambda p, v: net.hvp(p, v, bug="b1 twice"), net.params, jax_cost=net.jax_cost
+    )
+    assert report.failing == ["b1"]
+    leaf = report.leaves["b1"]
+    assert leaf.factor == pytest.approx(2.0, rel=1e-9)
+    assert leaf.wrong == 4 * 26  # every entry of b1 along every direction
+
+
+def test_large_checks_find_kinks_in_the_second_program(monkeypatch):
+    from jaxcheck import _products
+
+    monkeypatch.setattr(_products, "SMALL_CHECK", 0)
+    params = {"a": np.array([0.0, 1.5, -0.5, 0.0])}
+    report = jc.check_hvp(
+        lambda p: float(np.sum(np.maximum(p["a"], 0) ** 2) / 2),
+        lambda p, v: {"a": (p["a"] > 0) * v["a"]},
+        params,
+    )
+    assert report.ok and report.leaves["a"].status == "kink"
