@@ -15,10 +15,12 @@ from typing import Any
 
 import jax
 
+from ..errors import PortError
 from . import _isolate as isolate
 from ._errors import describe, innermost_ported_frame, not_python_message, port_error
 from ._errors import runtime_message as _runtime_message
 from ._runtime import call as _call
+from ._runtime import ported as _ported
 from ._user import is_user_function as is_user_function
 
 __all__ = ["port"]
@@ -139,7 +141,7 @@ def _entry(target: Any) -> Callable[..., Any]:
             try:
                 return _run(target, root, args, kwargs)
             except Exception as err:
-                if isinstance(err, Warning) or type(err).__name__ == "PortError":
+                if isinstance(err, (Warning, PortError)):  # warnings turned into errors stay so
                     raise
                 where = innermost_ported_frame(err.__traceback__)
                 if where is None:  # raised before any ported code ran, e.g. wrong arguments
@@ -162,9 +164,7 @@ def _entry(target: Any) -> Callable[..., Any]:
 def _run(target: Any, root: types.FunctionType, args: Any, kwargs: Any) -> Any:
     if not is_user_function(root) and target is root:
         # A library function passed to port explicitly is still ported itself.
-        from ._runtime import ported
-
-        return ported(root)(*args, **kwargs)
+        return _ported(root)(*args, **kwargs)
     return _call(target, *args, **kwargs)
 
 

@@ -65,9 +65,21 @@ def is_user_module(module: Any) -> bool:
     return is_user_code(name, getattr(module, "__file__", None))
 
 
-@functools.lru_cache(maxsize=4096)
 def is_user_class(cls: type) -> bool:
-    """Whether instances of ``cls`` are the user's objects (layers, networks), by its module."""
+    """Whether instances of ``cls`` are the user's objects (layers, networks), by its module.
+
+    Examples:
+        >>> is_user_class(dict)
+        False
+    """
+    try:
+        return _is_user_class(cls)
+    except TypeError:  # a class whose metaclass makes it unhashable
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_class(cls: type) -> bool:
     module = sys.modules.get(getattr(cls, "__module__", None) or "")
     if module is None:  # a class made in a notebook cell or by exec() keeps a module name only
         name = getattr(cls, "__module__", None)
