@@ -405,7 +405,7 @@ def _compare_reference(f: Callable, reference: Callable, inputs: _Inputs, functi
 # --------------------------------------------------------------------------- the report
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)  # keep Report's short repr
 class RuleReport(Report):
     """A :class:`~jaxcheck.Report` about a custom differentiation rule.
 

@@ -541,7 +541,7 @@ class _Tally:
 # --------------------------------------------------------------------------- the report
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)  # keep Report's short repr
 class HvpReport(Report):
     """A :class:`~jaxcheck.Report` about a Hessian-vector (or Gauss-Newton) product.
 
