@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,6 +62,7 @@ def check_hvp(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     seed: int = 0,
+    progress: bool | None = None,
 ) -> Report:
     """Checks a hand-written Hessian-vector product three ways and says who is wrong, per leaf.
 
@@ -106,6 +108,8 @@ def check_hvp(
         batch_size: directions per vmapped batch; ``None``: from ``memory_budget``.
         memory_budget: bytes a batch may use; ``None``: as in :func:`jaxcheck.check`.
         seed: a non-negative integer seeding the random directions.
+        progress: show a progress bar over the directions on stderr; ``None``: on a terminal,
+            when they take more than one chunk.
 
     Returns:
         The :class:`~jaxcheck.Report`: one :class:`~jaxcheck.LeafReport` per output leaf (its
@@ -145,6 +149,7 @@ def check_hvp(
         batch_size=batch_size,
         memory_budget=memory_budget,
         seed=seed,
+        progress=progress,
         twin="required",
     )
     system = prepare(cost, lambda p: p, params, twin_fn, options)
@@ -164,12 +169,28 @@ def check_hvp(
             memory_budget=options.memory_budget,
         )
         tallies = [_Tally(v.shape) for v in leaves.values]
-        for rows in products.chunks(count):
-            vectors = source.take(rows)
-            user = product.along(vectors)
-            rtols = _rtols(system, product, options.rtol)
-            _judge_chunk(products, tallies, rows, vectors, user, rtols)
+        chunks = products.chunks(count)
+        bar = _progress(options.progress, count, len(chunks))
+        try:
+            for rows in chunks:
+                vectors = source.take(rows)
+                user = product.along(vectors)
+                rtols = _rtols(system, product, options.rtol)
+                _judge_chunk(products, tallies, rows, vectors, user, rtols)
+                if bar is not None:
+                    bar.update(rows.size)
+        finally:
+            if bar is not None:
+                bar.close()
     return _report(system, tallies, product, source, kind, start)
+
+
+def _progress(progress: bool | None, count: int, chunks: int) -> Any:
+    if progress is False or (progress is None and (chunks < 2 or not sys.stderr.isatty())):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=count, desc="jaxcheck (hvp directions)", unit="dir", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- inputs

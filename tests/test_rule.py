@@ -149,6 +149,8 @@ def test_python_scalars_and_ints_are_static():
     assert report.ok
     assert list(report.leaves) == ["x"]
     assert report.static == ["n", "scale"]
+    on_jax = jc.check_rule(power, jnp.asarray([0.5, 2.0], dtype=jnp.float32), 3, 2.0)
+    assert on_jax.ok and on_jax.dtype == "float32"
 
 
 # --------------------------------------------------------------------------- kinks, precision

@@ -388,3 +388,19 @@ def test_large_checks_find_kinks_in_the_second_program(monkeypatch):
         params,
     )
     assert report.ok and report.leaves["a"].status == "kink"
+
+
+def test_a_non_finite_product_is_named(net):
+    def hvp(p, v):
+        out = net.hvp(p, v)
+        out["W2"] = out["W2"] * np.nan
+        return out
+
+    report = jc.check_hvp(net.cost, hvp, net.params, jax_cost=net.jax_cost, directions=2)
+    assert report.failing == ["W2"]
+    assert "W2: hvp is nan at" in report.verdict
+
+
+def test_a_progress_bar_can_be_asked_for(net, capsys):
+    jc.check_hvp(net.cost, net.hvp, net.params, jax_cost=net.jax_cost, progress=True)
+    assert "hvp directions" in capsys.readouterr().err
