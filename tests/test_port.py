@@ -457,9 +457,14 @@ def test_code_people_write_is_ported(cost):
         np.testing.assert_allclose(jax.jit(ported)(params), expected, rtol=1e-12)
         np.testing.assert_allclose(ported(_params()), expected, rtol=1e-12)
         grads = jax.jit(jax.grad(ported))(params)
+        batched = jax.vmap(ported, in_axes=({"w": 0, "v": None},))(
+            {"w": np.stack([params["w"], -0.5 * params["w"]]), "v": params["v"]}
+        )
     numerical = _numerical_gradient(cost, _params())
     for key in params:
         np.testing.assert_allclose(grads[key], numerical[key], rtol=1e-5, atol=1e-7)
+    second = cost({"w": -0.5 * params["w"], "v": params["v"]})
+    np.testing.assert_allclose(batched, [expected, second], rtol=1e-12)
 
 
 def test_numpy_values_stay_numpy_values():
