@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import distributed
 from ._incremental import perturbed_cost
 from .compile_cache import enabled, load_or_compile
 from .twin import Twin, cost_and_terms
@@ -115,13 +116,13 @@ def default_memory_budget(devices: Sequence[Any] | None = None) -> int:
 
     A quarter of an accelerator's memory when the device reports it, else 512 MiB.
     """
-    devices = devices or jax.devices()
+    device = distributed.own_device(devices or jax.devices())
     try:
-        stats = devices[0].memory_stats() or {}
+        stats = device.memory_stats() or {}
     except Exception:  # noqa: BLE001 - CPUs and some plugins report nothing
         stats = {}
     limit = stats.get("bytes_limit")
-    if limit and devices[0].platform != "cpu":
+    if limit and device.platform != "cpu":
         return int(limit * ACCELERATOR_BUDGET_FRACTION)
     return DEFAULT_CPU_BUDGET
 
@@ -329,7 +330,7 @@ def _program(
         if hit is not None:
             _PROGRAMS.move_to_end(key)
             return hit
-    mesh = jax.sharding.Mesh(np.array(devices), ("probes",)) if len(devices) > 1 else None
+    mesh = distributed.probe_mesh(devices)
     P = jax.sharding.PartitionSpec
 
     def run(consts, leaves, backprop, probe_args):
@@ -360,7 +361,7 @@ def _program(
                 return jax.lax.map(lambda a: row(*a), arrays)
 
             if mesh is not None:
-                spec = P(None, "probes")
+                spec = P(None, distributed.AXIS)
                 local = jax.shard_map(
                     local,
                     mesh=mesh,
@@ -369,7 +370,8 @@ def _program(
                     check_vma=False,
                 )
             outs.append(local(*args))
-        return (value, terms), gradient, outs
+        # Across processes: every process reads every result.
+        return distributed.replicated(((value, terms), gradient, outs), mesh)
 
     options = _fast_compile_options(devices[0].platform) if fast_compile else None
     program = _Program(run, options, devices, progress, key)
@@ -592,6 +594,8 @@ def evaluate(
     devices, sizes = b.devices, b.sizes
     modes = [inc for *_, inc in b.layout]
     inputs = _inputs(twin, leaves, backprop, b)
+    distributed.verify_same_everywhere(*inputs[:3], (b.layout, b.batches, b.sizes), devices)
+    inputs = distributed.global_inputs(*inputs, devices)
     shape = b.layout
     persistent = enabled(cache)
     bar = _Progress(sum(b.batches), progress)

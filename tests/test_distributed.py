@@ -1,0 +1,179 @@
+"""Checks past one machine: two local CPU processes under ``jax.distributed`` give one answer."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxcheck import distributed
+
+# One worker: joins the processes (when there are several), runs one check per method with a
+# planted bug, and writes what it saw as JSON. Then one process alone gets other params, which
+# every process must refuse with the same error.
+_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+
+    process, processes, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if processes > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{port}",
+            coordinator_bind_address=f"127.0.0.1:{port}",
+            num_processes=processes,
+            process_id=process,
+            initialization_timeout=60,
+        )
+    import numpy as np
+    import jaxcheck as jc
+    from jaxcheck import models
+
+    model = models.make("relu_mlp", layers=[8, 16, 4, 1], m=16)
+    result = {"processes": jax.process_count(), "devices": jax.device_count()}
+    for method, bug in [
+        ("full", "bias_grad_1_percent"),
+        ("sample", "missing_relu_mask"),
+        ("directional", "extra_sigmoid_derivative"),
+    ]:
+        r = jc.check(model.cost, model.bugs[bug].grad, model.params, jax_cost=model.jax_cost,
+                     method=method, batch_size=3)
+        result[method] = {
+            "ok": r.ok,
+            "failing": r.failing,
+            "status": {path: str(leaf.status) for path, leaf in r.leaves.items()},
+            "checked": {path: leaf.checked for path, leaf in r.leaves.items()},
+            "fd": [leaf.difference_fd for leaf in r.leaves.values()],
+            "difference_fd": r.difference_fd,
+            "difference_fd_autodiff": r.difference_fd_autodiff,
+        }
+    if processes > 1:
+        # one process alone with other params, or a grad that differs: every process refuses
+        params = jax.tree.map(np.copy, model.params)
+        if process == 1:
+            params["layers"][1]["W"][0, 0] += 1e-12
+        grad = model.grad
+        if process == 1:
+            grad = lambda p: jax.tree.map(lambda g: 2 * g, model.grad(p))
+        for name, ps, g in [("params", params, model.grad), ("grad", model.params, grad)]:
+            try:
+                jc.check(model.cost, g, ps, jax_cost=model.jax_cost)
+                result[name] = None
+            except jc.JaxcheckError as err:
+                result[name] = f"{type(err).__name__}: {err}"
+    with open(out, "w") as f:
+        json.dump(result, f)
+    """
+)
+
+TIMEOUT = 180
+
+
+def _hostname_is_loopback() -> bool:
+    # JAX's gloo CPU collectives listen on the address the host's name resolves to, with no
+    # public option to choose it: run only where that is a loopback address.
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(processes: int, tmp_path, port: int) -> list[tuple[subprocess.Popen, str]]:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env["JAX_PLATFORMS"] = "cpu"
+    runs = []
+    for i in range(processes):
+        out = str(tmp_path / f"{processes}-{i}")
+        args = [sys.executable, "-c", _WORKER, str(i), str(processes), str(port), out + ".json"]
+        with open(out + ".log", "w") as log:
+            proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        runs.append((proc, out))
+    return runs
+
+
+def _results(runs: list[tuple[subprocess.Popen, str]]) -> list[dict]:
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        for proc, _ in runs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc, _ in runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for proc, out in runs:
+        with open(out + ".log") as f:
+            assert proc.returncode == 0, f.read()[-4000:]
+        with open(out + ".json") as f:
+            results.append(json.load(f))
+    return results
+
+
+@pytest.mark.slow  # about 20 s: three Python processes start JAX and compile
+@pytest.mark.skipif(
+    not _hostname_is_loopback(),
+    reason="gloo (JAX's CPU collectives) would listen on the host name's non-loopback address",
+)
+def test_two_processes_give_the_one_process_answer(tmp_path):
+    # The one-process reference runs alongside the two processes, on the same two devices each.
+    alone = _launch(1, tmp_path, 0)
+    pair = _launch(2, tmp_path, _free_port())
+    (one,) = _results(alone)
+    both = _results(pair)
+    assert one["processes"] == 1 and one["devices"] == 2
+    for result in both:
+        assert result["processes"] == 2 and result["devices"] == 4
+    for method in ("full", "sample", "directional"):
+        expected = one[method]
+        assert not expected["ok"] and expected["failing"]
+        for result in both:
+            got = result[method]
+            assert got["ok"] == expected["ok"]
+            assert got["failing"] == expected["failing"]
+            assert got["status"] == expected["status"]
+            assert got["checked"] == expected["checked"]
+            np.testing.assert_allclose(got["fd"], expected["fd"], rtol=1e-9, atol=1e-15)
+            for key in ("difference_fd", "difference_fd_autodiff"):
+                np.testing.assert_allclose(got[key], expected[key], rtol=1e-9, atol=1e-15)
+        # every process returns the same report: the same numbers, bit for bit
+        assert both[0][method] == both[1][method]
+    for result in both:
+        assert result["params"].startswith("InputError: params differ between processes")
+        assert "leaf 2 of 6 (shape (4, 16)) on processes [1]" in result["params"]
+        assert result["grad"].startswith("NondeterminismError: grad returned different")
+    assert both[0]["params"] == both[1]["params"] and both[0]["grad"] == both[1]["grad"]
+
+
+def test_one_process_changes_nothing():
+    devices = jax.devices()
+    assert not distributed.spans_processes(devices)
+    assert distributed.probe_mesh(devices[:1]) is None
+    tree = {"a": np.arange(3.0)}
+    assert distributed.replicated(tree, distributed.probe_mesh(devices)) is tree
+    consts, leaves, backprop, args = (
+        [np.ones(2)],
+        [np.zeros(3)],
+        [np.zeros(3)],
+        [(np.ones((1, 2)),)],
+    )
+    placed = distributed.global_inputs(consts, leaves, backprop, args, devices)
+    assert placed[0][0] is consts[0] and placed[3][0][0] is args[0][0]
+    # nothing to compare with: no collective, no error
+    distributed.verify_same_everywhere(consts, leaves, backprop, ("plan",), devices)
