@@ -16,7 +16,11 @@ import pytest
 import jaxcheck
 from jaxcheck.errors import PortError
 from jaxcheck.port import port
-from tests.realistic import layers, losses, nets, rnn
+
+try:
+    from tests.realistic import layers, losses, nets, rnn
+except ImportError:  # pytest run without the repository root on sys.path: tests/ is on it
+    from realistic import layers, losses, nets, rnn
 
 FIXTURE = Path(__file__).parent / "port_fixtures" / "numpy_model.py"
 
