@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import inspect
 import json
 import math
@@ -479,6 +480,7 @@ def time_check(model: models.Model, grad: Callable, repeats: int = 1, **options:
         report = check(model.cost, grad, model.params, jax_cost=model.jax_cost, **options)
         return time.perf_counter() - start, report
 
+    gc.collect()  # a full collection due now would otherwise land in the first call
     with counting_compilations() as first_compilations:
         first, _ = run()
     steady = math.inf

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import importlib
 import importlib.util
 import json
@@ -316,8 +317,13 @@ def tool_missing(tool: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-class _Compiles:
-    """Counts jaxcheck's compilations through ``measure`` (jaxcheck's children only)."""
+class _Timer:
+    """Times checks as ``timeit`` does, and counts jaxcheck's compilations through ``measure``.
+
+    Before each check the garbage collector runs, and it stays off while the check is timed:
+    with torch or JAX imported, a full collection takes tenths of a second and would land on
+    whichever check crosses its threshold.
+    """
 
     def __init__(self, tool: str) -> None:
         self.counting = None
@@ -328,15 +334,20 @@ class _Compiles:
 
     def timed(self, fn: Callable[[], bool]) -> tuple[float, bool, dict[str, Any] | None]:
         """Runs ``fn``: its seconds, its verdict, and what it compiled (``None``: not counted)."""
-        if self.counting is None:
-            start = time.perf_counter()
-            ok = fn()
-            return time.perf_counter() - start, ok, None
-        with self.counting() as counts:
-            start = time.perf_counter()
-            ok = fn()
-            seconds = time.perf_counter() - start
-        return seconds, ok, counts.to_dict()
+        gc.collect()
+        gc.disable()
+        try:
+            if self.counting is None:
+                start = time.perf_counter()
+                ok = fn()
+                return time.perf_counter() - start, ok, None
+            with self.counting() as counts:
+                start = time.perf_counter()
+                ok = fn()
+                seconds = time.perf_counter() - start
+            return seconds, ok, counts.to_dict()
+        finally:
+            gc.enable()
 
 
 def _child(args: argparse.Namespace) -> dict[str, Any]:
@@ -350,31 +361,31 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         importlib.import_module(_TOOL_MODULES[args.tool])
     out: dict[str, Any] = {"tool": args.tool, "import_seconds": time.perf_counter() - start}
     check = _checker(args.tool, args.twin)
-    compiles = _Compiles(args.tool)
+    timer = _Timer(args.tool)
     chosen = [SMALL_MODELS[name] for name in args.models.split(",")]
     if args.plan == "fresh":
         model = chosen[0].make(seed=args.seed)
-        seconds, ok, counts = compiles.timed(lambda: check(model, model.grad))
+        seconds, ok, counts = timer.timed(lambda: check(model, model.grad))
         out.update(model=chosen[0].name, seconds=seconds, ok=ok, compilations=counts)
         return out
     warm_up = _WARM_UP.make(seed=args.seed)
-    out["warm_up_seconds"], _, _ = compiles.timed(lambda: check(warm_up, warm_up.grad))
+    out["warm_up_seconds"], _, _ = timer.timed(lambda: check(warm_up, warm_up.grad))
     out["models"] = {}
     for small in chosen:
         row: dict[str, Any] = {}
         model = small.make(seed=args.seed)
-        row["first"], row["ok"], row["first_compilations"] = compiles.timed(
+        row["first"], row["ok"], row["first_compilations"] = timer.timed(
             lambda model=model: check(model, model.grad)
         )
         closures, closure_compilations = [], []
         for k in range(1, args.repeats + 1):
             model = small.make(seed=args.seed + k)
-            seconds, ok, counts = compiles.timed(lambda model=model: check(model, model.grad))
+            seconds, ok, counts = timer.timed(lambda model=model: check(model, model.grad))
             closures.append(seconds)
             closure_compilations.append(counts)
             row["ok"] = row["ok"] and ok
         again = [
-            compiles.timed(lambda model=model: check(model, model.grad))[0]
+            timer.timed(lambda model=model: check(model, model.grad))[0]
             for _ in range(args.repeats)
         ]
         row.update(
