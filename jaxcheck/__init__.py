@@ -43,6 +43,7 @@ from .errors import JaxcheckError as JaxcheckError
 from .errors import MissingDependencyError as MissingDependencyError
 from .errors import NondeterminismError as NondeterminismError
 from .errors import PortError as PortError
+from .errors import PortWarning as PortWarning
 from .errors import ReimplementationError as ReimplementationError
 from .errors import UserCodeError as UserCodeError
 from .layer import assert_layer as assert_layer
@@ -68,6 +69,7 @@ __all__ = [
     "MissingDependencyError",
     "NondeterminismError",
     "PortError",
+    "PortWarning",
     "ReimplementationError",
     "Report",
     "Status",

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError
@@ -57,6 +58,11 @@ class Leaves:
     def size(self) -> int:
         """Total number of scalar parameters."""
         return int(sum(v.size for v in self.values))
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """NumPy's floating dtypes and ml_dtypes' (bfloat16) alike."""
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def _find_cycle(node: Any, trail: list[str], active: set[int]) -> str | None:
@@ -135,7 +141,7 @@ def flatten_params(params: Any) -> Leaves:
                 f"params leaf {path!r} of type {type(leaf).__name__} could not be read as a "
                 f"NumPy array ({err}); expected a float array."
             ) from err
-        if not np.issubdtype(arr.dtype, np.floating):
+        if not _is_float(arr.dtype):
             hint = (
                 " Convert it with .astype(np.float64) if it is a parameter, or move it out of "
                 "params (into the closure of cost and grad) if it is data."
@@ -144,7 +150,7 @@ def flatten_params(params: Any) -> Leaves:
             )
             raise InputError(
                 f"params leaf {path!r} has dtype {arr.dtype}; expected a floating-point array "
-                f"(float64, float32, float16).{hint}"
+                f"(float64, float32, float16, bfloat16).{hint}"
             )
         if not np.all(np.isfinite(arr)):
             bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
@@ -188,7 +194,7 @@ def scalar_cost(value: Any, *, what: str = "cost(params)") -> float:
             f"{what} returned an array of shape {arr.shape}; expected a scalar cost (a float, or a "
             f"tuple whose first item is the float). Reduce it, e.g. with np.mean or np.sum."
         )
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if not (_is_float(arr.dtype) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"{what} returned dtype {arr.dtype}; expected a real scalar.")
     out = float(arr.reshape(()))
     if not np.isfinite(out):
@@ -281,7 +287,9 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
                 f"grad(params) for leaf {path!r} is a {type(g).__name__} that could not be read "
                 f"as an array; expected a float array of shape {value.shape}."
             ) from err
-        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        if arr.dtype == np.bool_ or not (
+            np.issubdtype(arr.dtype, np.number) or _is_float(arr.dtype)
+        ):
             raise InputError(
                 f"grad(params) for leaf {path!r} has dtype {arr.dtype}; expected a float array "
                 f"of shape {value.shape}."
@@ -295,7 +303,7 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
                 f"grad(params) for leaf {path!r} has shape {arr.shape}; expected {value.shape}, "
                 f"the shape of the parameter itself."
             )
-        if not np.issubdtype(arr.dtype, np.floating):
+        if not _is_float(arr.dtype):
             arr = arr.astype(np.float64)
         out.append(arr)
     return out

@@ -57,7 +57,7 @@ def check(
     config is left as found and the user's arrays are never modified.
 
     ``cost`` is called twice and ``grad`` twice at θ (two calls catch randomness such as
-    unfrozen dropout), ``grad`` once more at float64 copies of θ when the system is narrower than
+    unfrozen dropout), each once more at float64 copies of θ when the system is narrower than
     float64, and the twin is traced once. A two-way check (no twin) also calls ``cost`` at every
     perturbed point.
 
@@ -323,12 +323,15 @@ def _precision(
     if status.passes or system.backprop64 is None or gradient is None:
         return status, None
     bp = system.backprop[i].astype(np.float64).reshape(-1)
-    bp64 = system.backprop64[i].reshape(-1)
+    bp64 = system.backprop64[i].astype(np.float64).reshape(-1)
     ad = gradient[i].reshape(-1)
     if not np.all(np.isfinite(bp)):
         return status, None
+    # float64's tolerance, or one rounding of the re-run's own dtype if it was cast back at the
+    # end (|x − fl(x)| ≤ u/2·|x|, which is u/4 of |a| + |b| in the tolerance's terms).
+    narrow = vd.epsilon(np.dtype(system.backprop64[i].dtype))
     tol64 = vd.Tolerance(
-        rtol=vd.rtol_for(np.dtype(np.float64)),
+        rtol=max(vd.rtol_for(np.dtype(np.float64)), 0.3 * narrow),
         atol=tol.atol,
         fd_rtol=tol.fd_rtol,
         fd_atol=tol.fd_atol,

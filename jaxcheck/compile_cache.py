@@ -68,7 +68,13 @@ def _engine_digest() -> str:
     """A digest of the code that builds the programs: a changed jaxcheck never loads old ones."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("finite_differences.py", "_incremental.py", "twin.py", "compile_cache.py"):
+    for name in (
+        "finite_differences.py",
+        "_incremental.py",
+        "twin.py",
+        "compile_cache.py",
+        "distributed.py",
+    ):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()
 

@@ -18,6 +18,7 @@ __all__ = [
     "MissingDependencyError",
     "NondeterminismError",
     "PortError",
+    "PortWarning",
     "ReimplementationError",
     "UserCodeError",
 ]

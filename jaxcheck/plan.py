@@ -127,8 +127,8 @@ def plan(leaves: Sequence[np.ndarray], paths: Sequence[str], options: Options) -
     """The probe groups of a check.
 
     ``full`` perturbs every coordinate, ``sample`` a stratified, seeded sample per leaf, and
-    ``directional`` random unit directions per leaf (coordinates for a leaf no larger than the
-    number of directions, where that is cheaper and exact).
+    ``directional`` random unit directions per leaf (every coordinate of a leaf smaller than
+    ``INCREMENTAL_MIN_SIZE`` or than the number of directions, where that is cheaper and exact).
     """
     chosen: dict[int, np.ndarray] = {}
     directions = []
@@ -140,7 +140,9 @@ def plan(leaves: Sequence[np.ndarray], paths: Sequence[str], options: Options) -
             chosen[i] = _sample(
                 n, options.samples_per_leaf, np.random.default_rng([options.seed, i])
             )
-        elif n <= options.directions_per_leaf:
+        elif n <= options.directions_per_leaf or n < INCREMENTAL_MIN_SIZE:
+            # Every coordinate of a small leaf costs no more than its directions, and small
+            # leaves share one program (hundreds of them compile once).
             chosen[i] = np.arange(n)
         else:
             directions.append(i)

@@ -57,6 +57,8 @@ class System:
         backprop: the user's gradient per leaf, in its own dtype.
         backprop64: the user's gradient re-run at float64 params, for a low-precision system
             whose code follows its input dtype (else None).
+        cost64: the user's cost at float64 params, for such a system: the twin must match it
+            to float64 precision (else None).
         cost: the NumPy cost at θ.
         cost_fn: the user's cost as ``params -> float`` (for a two-way check).
         twin: the traced JAX twin, or None (two-way check: no twin could be had).
@@ -82,6 +84,7 @@ class System:
     twin_error: JaxcheckError | None
     cost_mismatch: float
     dtype: np.dtype
+    cost64: float | None = None
     autodiff: bool = True
     reference: list[np.ndarray] | None = None
 
@@ -187,10 +190,37 @@ def prepare(
     )
     leaves64 = [v.astype(np.float64) for v in leaves.values]
     backprop64 = _rerun64(cost if grad is None else grad, grad is None, leaves, leaves64, dtype)
+    cost64 = _cost64(cost_fn, leaves, leaves64, dtype)
     twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
     return System(
-        leaves, leaves64, backprop, backprop64, value, cost_fn, twin, twin_error, 0.0, dtype
+        leaves,
+        leaves64,
+        backprop,
+        backprop64,
+        value,
+        cost_fn,
+        twin,
+        twin_error,
+        0.0,
+        dtype,
+        cost64=cost64,
     )
+
+
+def _cost64(
+    cost: Callable, leaves: Leaves, leaves64: list[np.ndarray], dtype: np.dtype
+) -> float | None:
+    """The user's cost at float64 copies of θ, for a narrower system whose cost follows it."""
+    if epsilon(dtype) <= epsilon(np.dtype(np.float64)):
+        return None
+    try:
+        out = cost(leaves.unflatten([v.copy() for v in leaves64]))
+        raw = out[0] if isinstance(out, (tuple, list)) else out
+        if np.asarray(raw).dtype != np.float64:
+            return None
+        return scalar_cost(raw)
+    except Exception:  # noqa: BLE001 - a cost that cannot run in float64 has no re-run
+        return None
 
 
 def _loss_of(fn: Callable) -> Callable:
@@ -211,8 +241,8 @@ def _rerun64(
         grads = match_gradient(_split(out, "fn")[1] if pair else out, leaves)
     except Exception:  # noqa: BLE001 - code that cannot run in float64 just has no re-run
         return None
-    if any(g.dtype != np.float64 for g in grads):
-        return None
+    # Kept even when the result is cast back to a narrow dtype at the end (training code often
+    # ends in .astype(np.float32)): the cast rounds once, which the check allows for.
     return grads
 
 
@@ -262,6 +292,22 @@ def _twin(
             ),
         ) from err
     out = twin.jaxpr.outvars[0].aval
+    if twin.narrow:
+        where = ", ".join(twin.narrow)
+        fix = (
+            "write jax_cost with jax.numpy and no casts to a narrower dtype (no "
+            "dtype=jnp.float32, no .astype(jnp.float32)): jaxcheck runs it under "
+            "jax.enable_x64(True)"
+            if kind == "given"
+            else "remove the cast from your cost (cast the data before the cost instead), or "
+            "pass jax_cost= (a jax.numpy version of your cost without the cast)"
+        )
+        raise ReimplementationError(
+            f"the JAX twin ({kind}) computes in float32 or narrower where the parameters flow "
+            f"({where}); finite differences of such a twin are float32 differences, too "
+            f"imprecise to judge any gradient, so nothing was judged. To fix it, {fix}.",
+            hint=fix,
+        )
     if not np.issubdtype(np.dtype(out.dtype), np.floating):
         raise InputError(
             f"jax_cost returned dtype {out.dtype}; expected a real floating-point scalar cost"
@@ -286,6 +332,10 @@ def check_twin(system: System, twin_cost: float, terms: float) -> None:
         ReimplementationError: the twin computes another function than the NumPy cost.
     """
     twin, value, dtype = system.twin, system.cost, system.dtype
+    if system.cost64 is not None:
+        # The cost follows its input's dtype: its float64 value is the one to match, as tightly
+        # as a float64 system's.
+        value, dtype = system.cost64, np.dtype(np.float64)
     if not np.isfinite(twin_cost):
         raise ReimplementationError(
             f"the JAX twin ({twin.kind}) returned {twin_cost} at params while the NumPy cost is "

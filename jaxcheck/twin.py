@@ -176,19 +176,38 @@ def _value_key(value: Any) -> Any:
 
 
 def _narrow(jaxpr: Any) -> tuple[str, ...]:
-    """Where the traced twin computes a floating value below float64."""
+    """Where the traced twin computes a value that depends on the params below float64.
+
+    Data closed over in float32 is fine (it is data); a parameter cast to float32 makes the
+    twin's finite differences float32 differences, which are not to be trusted.
+    """
+    dependent = set(map(id, jaxpr.invars))
     found = []
     for eqn in jaxpr.eqns:
+        if not any(id(v) in dependent for v in eqn.invars if not isinstance(v, _Literal)):
+            continue
         for v in eqn.outvars:
+            dependent.add(id(v))
             dtype = getattr(getattr(v, "aval", None), "dtype", None)
             if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
                 continue
-            if np.dtype(dtype).itemsize < 8:
-                found.append(f"{np.dtype(dtype)} at {eqn.primitive.name}")
-                break
-        if len(found) >= 3:
-            break
+            if np.dtype(dtype).itemsize < 8 and len(found) < 3:
+                where = _source_line(eqn)
+                found.append(f"{np.dtype(dtype)} at {eqn.primitive.name}{where}")
     return tuple(found)
+
+
+def _source_line(eqn: Any) -> str:
+    """`` (file.py:12)`` for the user's frame that made the equation, when JAX recorded it."""
+    try:
+        from jax._src import source_info_util
+
+        frame = source_info_util.user_frame(eqn.source_info.traceback)
+    except Exception:  # noqa: BLE001 - best effort: jax internals move
+        return ""
+    if frame is None:
+        return ""
+    return f" ({frame.file_name}:{frame.start_line})"
 
 
 def cost_and_terms(twin: Twin, consts: Sequence[Any], leaves: Sequence[Any]) -> tuple[Any, Any]:

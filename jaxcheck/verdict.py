@@ -280,14 +280,20 @@ def classify(op: Opinions, tol: Tolerance, *, autodiff: bool = True) -> np.ndarr
     out[bp_ad & op.kink] = KINK
     disagree = ~bp_ad & ~subgradient
     out[~bp_ad & subgradient] = KINK
-    out[disagree & fd_ad & ~bp_fd & decisive] = BACKPROP
-    # Blaming the twin only needs finite differences to separate the two opinions; blaming
-    # the user's backprop also needs them precise.
+    # Where backprop and autodiff disagree, finite differences side with the one they lie within
+    # their own error of (the tolerances of agreement are too coarse to tell two opinions a
+    # few 1e-7 apart). Blaming the twin only needs them to separate the two; blaming the
+    # user's backprop also needs them precise.
+    with np.errstate(invalid="ignore", over="ignore"):
+        near_ad = to_ad <= err + tol.fd_atol
+        near_bp = to_bp <= err + tol.fd_atol
+    out[disagree & near_ad & decisive] = BACKPROP
     out[disagree & bp_fd & ~fd_ad & separates] = TWIN
-    apart = disagree & ~fd_ad & ~bp_fd
+    out[disagree & near_bp & ~near_ad & separates] = TWIN
+    apart = disagree & ~near_ad & ~near_bp
     with np.errstate(invalid="ignore"):
         out[apart & precise & (CLOSER * to_ad < to_bp)] = BACKPROP
-        out[apart & (CLOSER * to_bp < to_ad)] = TWIN
+        out[apart & separates & (CLOSER * to_bp < to_ad)] = TWIN
     out[~np.isfinite(bp) & np.isfinite(ad)] = BACKPROP
     return out
 

@@ -488,8 +488,17 @@ def test_partial_methods_pass_correct_and_localise_buggy(lesson, method):
         assert bad.leaves["b3"].checked == 1  # all of a leaf smaller than samples
         assert "4/20" in str(bad)
     else:
-        assert bad.leaves["W1"].checked == 8
-        assert "8 dir" in str(bad)
+        # every leaf of the lesson is small: all its coordinates cost no more than 8 directions,
+        # and the small leaves share one program
+        assert bad.leaves["W1"].checked == 20
+
+
+def test_directional_probes_large_leaves_along_directions():
+    model = models.make("relu_mlp", layers=[30, 40, 20, 1], m=32)
+    report = jc.check(model.cost, model.grad, model.params, method="directional", directions=6)
+    assert report.ok
+    assert report.leaves["layers/0/W"].checked == 6 and "6 dir" in str(report)
+    assert report.leaves["layers/2/b"].checked == 1  # a small leaf: its one coordinate
 
 
 @pytest.mark.parametrize("method", ["sample", "directional"])
