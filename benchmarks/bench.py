@@ -660,6 +660,7 @@ def _run_all(
 ) -> None:
     """The child processes, then this process's tables; the results go into ``run.out``."""
     args = run.args
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     # The child processes first, before this process claims the accelerator.
     if not args.small and not args.no_lesson:
         run.say("the lesson's network, cold, in a fresh subprocess")
@@ -670,6 +671,7 @@ def _run_all(
     if not args.no_small:
         run.guarded("small-model table", run.small_table, small_names, small_counts, pytest_checks)
     run.out["machine"] = machine_info()
+    run.out["machine"]["load_average"] = None if load is None else list(load)
     if not args.small:
         _large_tables(run, sizes)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
