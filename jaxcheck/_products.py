@@ -20,7 +20,8 @@ import numpy as np
 
 from . import verdict as vd
 from .errors import InputError, JaxcheckError
-from .finite_differences import FAST_COMPILE_OPTIONS, default_memory_budget
+from .finite_differences import default_memory_budget
+from .programs import FAST_COMPILE_OPTIONS
 from .system import System, check_twin
 from .twin import Twin, cost_and_terms
 

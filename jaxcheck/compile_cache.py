@@ -70,6 +70,7 @@ def _engine_digest() -> str:
     digest = hashlib.sha256()
     for name in (
         "finite_differences.py",
+        "programs.py",
         "_incremental.py",
         "twin.py",
         "compile_cache.py",

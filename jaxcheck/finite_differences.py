@@ -3,19 +3,17 @@
 Each probe group is one leaf (vmapped over that leaf's coordinates or directions only, so
 everything upstream of it is computed once) or several small leaves together (one vmapped
 program for all of them, so a model with hundreds of small leaves compiles one program, not
-hundreds). ``lax.map`` walks the batches so memory stays bounded; with several devices each
-batch is split across them with ``shard_map``. Programs are cached on the twin's structural key
-(:mod:`jaxcheck.twin`); the data are arguments.
+hundreds). Here: what to perturb (:class:`Probe`), batch sizes from a memory budget, and the
+values that come back (:class:`Evaluation`); the programs themselves are in
+:mod:`jaxcheck.programs`.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import math
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -24,8 +22,9 @@ import numpy as np
 
 from . import distributed
 from ._incremental import perturbed_cost
-from .compile_cache import enabled, load_or_compile
-from .twin import Twin, cost_and_terms
+from .compile_cache import enabled
+from .programs import fast, group_cost, program, progress_bar
+from .twin import Twin
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
@@ -47,8 +46,6 @@ INCREMENTAL_MIN_SIZE = 64
 DEFAULT_CPU_BUDGET = 512 * 2**20
 #: Fraction of an accelerator's memory given to one batch of perturbed evaluations.
 ACCELERATOR_BUDGET_FRACTION = 0.25
-#: Compiled programs kept, most recently used first.
-PROGRAM_CACHE_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,25 +131,6 @@ def uses_incremental(probe: Probe, leaves: Sequence[Any], incremental: bool | No
     return incremental is True or int(np.size(leaves[probe.leaves[0]])) >= INCREMENTAL_MIN_SIZE
 
 
-def _group_cost(twin: Twin, consts: Any, leaves: Sequence[Any], group: tuple[int, ...]) -> Callable:
-    """The cost as a function of the flattened concatenation of the group's leaves."""
-    shapes = [np.shape(leaves[i]) for i in group]
-    sizes = [math.prod(s) for s in shapes]
-    edges = np.cumsum([0, *sizes])
-
-    def cost(flat: jax.Array) -> jax.Array:
-        moved = list(leaves)
-        for i, shape, a, b in zip(group, shapes, edges[:-1], edges[1:]):
-            moved[i] = flat[int(a) : int(b)].reshape(shape)
-        return twin.cost(consts, moved)
-
-    return cost
-
-
-def _flat(leaves: Sequence[Any], group: tuple[int, ...]) -> jax.Array:
-    return jnp.concatenate([jnp.reshape(leaves[i], (-1,)) for i in group])
-
-
 def evaluation_bytes(
     twin: Twin, leaves: Sequence[np.ndarray], probe: Probe, incremental: bool
 ) -> int:
@@ -190,7 +168,7 @@ def evaluation_bytes(
 
     def brute(x: Any, *args: Any) -> Any:
         cs, ls = args[:n_consts], args[n_consts:]
-        return _group_cost(twin, cs, ls, probe.leaves)(x)
+        return group_cost(twin, cs, ls, probe.leaves)(x)
 
     flat = jax.ShapeDtypeStruct((n,), np.float64)
     jaxpr = jax.make_jaxpr(brute)(flat, *consts, *abstract).jaxpr
@@ -212,228 +190,6 @@ def _dependent_bytes(jaxpr: Any, dependent: set[int]) -> int:
                 size = math.prod(getattr(aval, "shape", ())) or 1
                 total += size * np.dtype(getattr(aval, "dtype", np.float64)).itemsize
     return int(total)
-
-
-class _Progress:
-    """A tqdm bar over batches, fed from inside the compiled program by a debug callback."""
-
-    def __init__(self, total: int, enabled: bool | None) -> None:
-        if enabled is None:
-            enabled = total > 1 and sys.stderr.isatty()
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="jaxcheck", unit="batch", file=sys.stderr)
-
-    def tick(self, *_: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-_ACTIVE_PROGRESS: list[_Progress] = []
-
-
-def _tick(*_: Any) -> None:
-    if _ACTIVE_PROGRESS:
-        _ACTIVE_PROGRESS[-1].tick()
-
-
-class _Program:
-    """A jitted program and its compiled executables, one per set of input shapes.
-
-    Executables come from the disk cache (:mod:`jaxcheck.compile_cache`) when it has them; a
-    program that calls back to the host (the progress bar) is compiled in memory only.
-    """
-
-    def __init__(
-        self,
-        fun: Callable,
-        options: dict[str, Any] | None,
-        devices: Sequence[Any],
-        host: bool,
-        key: Any,
-    ) -> None:
-        self.fun, self.options, self.devices, self.host = fun, options, devices, host
-        self.jitted = jax.jit(fun, compiler_options=options)
-        self.compiled: dict[Any, Callable] = {}
-        # A key that names the program across processes (no object identities in it) spares
-        # even the lowering when the disk has the program.
-        self.portable = None if key is None or _has_identity(key) else repr(key)
-
-    def __call__(self, *inputs: Any, persistent: bool = False) -> Any:
-        flat, tree = jax.tree_util.tree_flatten(inputs)
-        signature = (tree, tuple((np.shape(x), np.result_type(x).name) for x in flat))
-        program = self.compiled.get(signature)
-        if program is None:
-            name = None if self.portable is None else f"{self.portable}|{signature!r}"
-            try:
-                program = load_or_compile(
-                    lambda: self.jitted.lower(*inputs),
-                    name=name,
-                    options=self.options,
-                    devices=self.devices,
-                    persistent=persistent and not self.host,
-                )
-            except Exception as err:  # noqa: BLE001
-                if self.options is None or "compile option" not in str(err):
-                    raise
-                # An XLA that does not know a fast-compile option: compile as usual.
-                self.options, self.jitted = None, jax.jit(self.fun)
-                return self(*inputs, persistent=persistent)
-            self.compiled[signature] = program
-        return program(*inputs)
-
-    def lower(self, *inputs: Any) -> Any:
-        return self.jitted.lower(*inputs)
-
-
-def _has_identity(key: Any) -> bool:
-    if isinstance(key, tuple):
-        if len(key) == 2 and key[0] == "object":
-            return True
-        return any(_has_identity(k) for k in key)
-    return False
-
-
-_PROGRAMS: collections.OrderedDict[Any, _Program] = collections.OrderedDict()
-
-
-def _program(
-    twin: Twin,
-    layout: tuple[tuple[tuple[int, ...], str, bool, bool], ...],
-    with_gradient: bool,
-    progress: bool,
-    devices: tuple[Any, ...],
-    fast_compile: bool = False,
-) -> _Program:
-    """The compiled program: cost and gradient at θ and the perturbed costs of every group.
-
-    ``layout`` holds, per probe group, (leaves, kind, double, incremental). Cached on the
-    twin's structural key, so a new closure of the same code and shapes compiles nothing.
-    """
-    key = None
-    if twin.key is not None:
-        key = (
-            twin.key,
-            layout,
-            with_gradient,
-            progress,
-            tuple(d.id for d in devices),
-            fast_compile,
-        )
-        hit = _PROGRAMS.get(key)
-        if hit is not None:
-            _PROGRAMS.move_to_end(key)
-            return hit
-    mesh = distributed.probe_mesh(devices)
-    P = jax.sharding.PartitionSpec
-
-    def run(consts, leaves, backprop, probe_args):
-        leaves = list(leaves)
-        value, terms = cost_and_terms(twin, consts, leaves)
-        gradient = jax.grad(lambda ls: twin.cost(consts, ls))(leaves) if with_gradient else None
-        outs = []
-        for (group, kind, double, incremental), args in zip(layout, probe_args):
-            cost = _group_cost(twin, consts, leaves, group)
-            x = _flat(leaves, group)
-            if kind == "coordinate":
-                update = None
-                if incremental:
-                    update = perturbed_cost(lambda ls: twin.cost(consts, ls), leaves, group[0])
-                row = _coordinate_row(cost, x, progress, double, update)
-                n_out = 4 if double else 2
-            elif kind == "vector":
-                row = _vector_row(cost, x, progress)
-                n_out = 2
-            else:
-                g = _flat(gradient, group) if with_gradient else jnp.zeros_like(x)
-                row = _direction_row(cost, x, g, _flat(backprop, group), progress)
-                n_out = 6
-
-            def local(*arrays, row=row):
-                if arrays[0].shape[0] == 1:  # one batch: no loop to compile
-                    return jax.tree_util.tree_map(lambda o: o[None], row(*(a[0] for a in arrays)))
-                return jax.lax.map(lambda a: row(*a), arrays)
-
-            if mesh is not None:
-                spec = P(None, distributed.AXIS)
-                local = jax.shard_map(
-                    local,
-                    mesh=mesh,
-                    in_specs=(spec,) * len(args),
-                    out_specs=(spec,) * n_out,
-                    check_vma=False,
-                )
-            outs.append(local(*args))
-        # Across processes: every process reads every result.
-        return distributed.replicated(((value, terms), gradient, outs), mesh)
-
-    options = _fast_compile_options(devices[0].platform) if fast_compile else None
-    program = _Program(run, options, devices, progress, key)
-    if key is not None:
-        _PROGRAMS[key] = program
-        while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
-            _PROGRAMS.popitem(last=False)
-    return program
-
-
-def _coordinate_row(
-    cost: Callable, x: jax.Array, progress: bool, double: bool, incremental: Callable | None
-) -> Callable:
-    def row(coords, up, down):
-        if progress:
-            jax.debug.callback(_tick)
-        both = jnp.concatenate([coords, coords])
-        steps = jnp.concatenate([up, -down])
-        if double:
-            both = jnp.concatenate([both, both])
-            steps = jnp.concatenate([steps, 2 * steps])
-        if incremental is not None:
-            values = jax.vmap(incremental)(both, steps)
-        else:
-            points = jax.vmap(lambda i, s: x.at[i].add(s))(both, steps)
-            values = jax.vmap(cost)(points)
-        return tuple(jnp.split(values, 4 if double else 2))
-
-    return row
-
-
-def _vector_row(cost: Callable, x: jax.Array, progress: bool) -> Callable:
-    def row(vectors):
-        if progress:
-            jax.debug.callback(_tick)
-        values = jax.vmap(cost)(jnp.concatenate([x + vectors, x - vectors]))
-        return tuple(jnp.split(values, 2))
-
-    return row
-
-
-def _direction_row(
-    cost: Callable, x: jax.Array, gradient: jax.Array, backprop: jax.Array, progress: bool
-) -> Callable:
-    def one(key_data, step):
-        key = jax.random.wrap_key_data(key_data)
-        v = jax.random.normal(key, x.shape, dtype=x.dtype)
-        v = v / jnp.linalg.norm(v)
-        up, down = x + step * v, x - step * v
-        # The displacement actually applied, after rounding, divided by the nominal step.
-        mean_step = ((up - x) + (x - down)) / (2 * step)
-        return up, down, mean_step @ gradient, mean_step @ backprop
-
-    def row(key_data, step):
-        if progress:
-            jax.debug.callback(_tick)
-        up, down, proj_ad, proj_bp = jax.vmap(one)(key_data, step)
-        values = jax.vmap(cost)(jnp.concatenate([up, down]))
-        half = step.shape[0]
-        return values[:half], values[half:], proj_ad, proj_bp, step, step
-
-    return row
 
 
 def _batch_size(count: int, per_eval: int, budget: int, n_devices: int, evals: int) -> int:
@@ -547,8 +303,9 @@ def lower(
     """
     probes = [p for p in probes if p.count > 0]
     b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
-    program = _program(twin, b.layout, with_gradient, False, b.devices, _fast(probes))
-    return program.lower(*_inputs(twin, leaves, None, b))
+    small = fast([p.count for p in probes])
+    built = program(twin, b.layout, with_gradient, False, b.devices, small)
+    return built.lower(*_inputs(twin, leaves, None, b))
 
 
 def evaluate(
@@ -598,38 +355,29 @@ def evaluate(
     inputs = distributed.global_inputs(*inputs, devices)
     shape = b.layout
     persistent = enabled(cache)
-    bar = _Progress(sum(b.batches), progress)
-    _ACTIVE_PROGRESS.append(bar)
-    try:
-        with jax.disable_jit(False):
-            try:
-                program = _program(
-                    twin, shape, with_gradient, bar.bar is not None, devices, _fast(probes)
-                )
-                value, gradient, outs = program(*inputs, persistent=persistent)
-            except jax.errors.JaxRuntimeError:
-                raise  # out of memory and the like: running more would not help
-            except Exception as err:
-                if not any(modes):
-                    raise
-                # A twin the incremental evaluator cannot follow is evaluated from scratch.
-                _LOG.warning(
-                    "jaxcheck: incremental evaluation failed (%s: %s); evaluating every "
-                    "perturbed point from scratch instead, which is slower.",
-                    type(err).__name__,
-                    err,
-                )
-                shape = tuple((g, k, d, False) for g, k, d, _ in shape)
-                program = _program(
-                    twin, shape, with_gradient, bar.bar is not None, devices, _fast(probes)
-                )
-                value, gradient, outs = program(*inputs, persistent=persistent)
-        value, terms = float(value[0]), float(value[1])
-        gradient = None if gradient is None else [np.asarray(g) for g in gradient]
-        outs = jax.tree_util.tree_map(np.asarray, outs)
-    finally:
-        _ACTIVE_PROGRESS.pop()
-        bar.close()
+    small = fast([p.count for p in probes])
+    with progress_bar(sum(b.batches), progress) as bar, jax.disable_jit(False):
+        try:
+            built = program(twin, shape, with_gradient, bar, devices, small)
+            value, gradient, outs = built(*inputs, persistent=persistent)
+        except jax.errors.JaxRuntimeError:
+            raise  # out of memory and the like: running more would not help
+        except Exception as err:
+            if not any(modes):
+                raise
+            # A twin the incremental evaluator cannot follow is evaluated from scratch.
+            _LOG.warning(
+                "jaxcheck: incremental evaluation failed (%s: %s); evaluating every "
+                "perturbed point from scratch instead, which is slower.",
+                type(err).__name__,
+                err,
+            )
+            shape = tuple((g, k, d, False) for g, k, d, _ in shape)
+            built = program(twin, shape, with_gradient, bar, devices, small)
+            value, gradient, outs = built(*inputs, persistent=persistent)
+    value, terms = float(value[0]), float(value[1])
+    gradient = None if gradient is None else [np.asarray(g) for g in gradient]
+    outs = jax.tree_util.tree_map(np.asarray, outs)
     evaluations = []
     for probe, out, size in zip(probes, outs, sizes):
         n = probe.count
@@ -652,20 +400,3 @@ def evaluate(
                 Evaluation(up, down, s_up, s_down, None, None, proj_ad, proj_bp, size)
             )
     return value, terms, gradient, evaluations
-
-
-#: Programs with at most this many probes are compiled with less optimisation: they run in
-#: milliseconds, and compiling them fully would take longer than running them many times.
-FAST_COMPILE_PROBES = 4096
-
-
-#: XLA options for small programs on a CPU: about a quarter of the default compile time.
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def _fast_compile_options(platform: str) -> dict[str, Any] | None:
-    return dict(FAST_COMPILE_OPTIONS) if platform == "cpu" else None
-
-
-def _fast(probes: Sequence[Probe]) -> bool:
-    return sum(p.count for p in probes) <= FAST_COMPILE_PROBES

@@ -14,7 +14,7 @@ import pytest
 
 import jaxcheck as jc
 from jaxcheck import finite_differences as fd
-from jaxcheck import models
+from jaxcheck import models, programs
 from jaxcheck.options import Options
 from jaxcheck.plan import plan
 from jaxcheck.system import prepare
@@ -87,7 +87,8 @@ def test_an_unfollowable_twin_falls_back_to_evaluation_from_scratch(monkeypatch,
     def broken(*args, **kwargs):
         raise NotImplementedError("incremental evaluator cannot follow this twin")
 
-    monkeypatch.setattr(fd, "perturbed_cost", broken)
+    monkeypatch.setattr(fd, "perturbed_cost", broken)  # sizing a batch
+    monkeypatch.setattr(programs, "perturbed_cost", broken)  # the program
     with caplog.at_level("WARNING", logger="jaxcheck"):
         report = jc.check(
             model.cost, model.grad, model.params, jax_cost=model.jax_cost, incremental=True
