@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .check import run
 from .errors import InputError, JaxcheckError, ReimplementationError, user_code_error
 from .options import Options
+from .pipeline import run
 from .report import Report
 from .system import prepare
 from .verdict import Status, epsilon

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .check import run
 from .errors import (
     InputError,
     JaxcheckError,
@@ -24,6 +23,7 @@ from .errors import (
     user_code_error,
 )
 from .options import Options
+from .pipeline import run
 from .report import Report
 from .rule import EXPECTATIONS, RuleReport, argument_names
 from .system import prepare
