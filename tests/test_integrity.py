@@ -152,8 +152,6 @@ def test_non_finite_backprop_entry_fails_in_every_method(
     assert report.leaves[leaf].status == jc.Status.BACKPROP
     message = report.leaves[leaf].message
     assert word in message and where in message, message
-    # the correct backprop of the same net passes: the failure is the non-finite entry alone
-    assert jc.check(net.cost, net.grad, net.params, method=method, **options).ok
 
 
 def test_whole_leaf_nan_counts_every_entry():
@@ -649,7 +647,7 @@ def test_dout_to_every_tied_max_fails_in_every_method(method, options, ties):
 
 
 @pytest.mark.parametrize("method, options", METHODS)
-@pytest.mark.parametrize("ties", [(2,), (3,), (4,), (2, 3, 4)], ids=["2", "3", "4", "2+3+4"])
+@pytest.mark.parametrize("ties", [(3,), (2, 3, 4)], ids=["3", "2+3+4"])
 @pytest.mark.parametrize(
     "backward",
     [
@@ -781,6 +779,116 @@ def test_ties_methods_agree_on_the_failing_set(backward):
         for method, options in runs
     }
     assert len({tuple(v) for v in failing.values()}) == 1, failing
+
+
+@pytest.mark.parametrize(
+    "method, options", [*METHODS, pytest.param("sample", {"samples": 8}, id="sample-8")]
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_tie_half_right_fails_in_every_method(method, options, seed):
+    # jax.grad splits a tie equally: (0.5, 0.5). This backprop gives (0.5, 1.0): entry 0 agrees
+    # with autodiff, entry 1 lies between its one-sided slopes, and together they are not a
+    # subgradient of the max (0.5 + 1.0 > 1 along (1, 1)). Full finds it through the joint
+    # test; a method that leaves entry 0 unprobed must not call it correct.
+    x = np.linspace(-1.0, 1.0, 16)
+    x[0] = x[1] = 2.0
+
+    def cost(p):
+        return float(max(p["x"][0], p["x"][1]) + 0.5 * np.sum(p["x"][2:] ** 2))
+
+    def grad(p):
+        g = p["x"].copy()
+        g[0], g[1] = 0.5, 1.0
+        return {"x": g}
+
+    report = jc.check(cost, grad, {"x": x}, method=method, seed=seed, **options)
+    assert report.failing == ["x"], str(report)
+
+
+@pytest.mark.parametrize("method, options", METHODS)
+def test_relu_at_exactly_zero_both_conventions_pass(method, options):
+    # A padding example (all-zero input) and zero-initialised biases put every hidden unit at
+    # Z = 0 exactly: relu'(0) = 0 (Z > 0) and relu'(0) = 1 (Z >= 0) are both valid.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3, 6))
+    X[:, 0] = 0.0
+    Y = rng.normal(size=(1, 6))
+    params = {
+        "W1": rng.normal(size=(4, 3)),
+        "b1": np.zeros((4, 1)),
+        "W2": np.array([[1.0, -1.0, 0.5, -2.0]]),
+        "b2": np.zeros((1, 1)),
+    }
+
+    def cost(p):
+        A1 = relu(p["W1"] @ X + p["b1"])
+        return float(np.sum((p["W2"] @ A1 + p["b2"] - Y) ** 2) / 12)
+
+    def grad(p, mask):
+        Z1 = p["W1"] @ X + p["b1"]
+        A1 = relu(Z1)
+        dZ2 = (p["W2"] @ A1 + p["b2"] - Y) / 6
+        dZ1 = (p["W2"].T @ dZ2) * mask(Z1)
+        return {
+            "dW1": dZ1 @ X.T,
+            "db1": dZ1.sum(axis=1, keepdims=True),
+            "dW2": dZ2 @ A1.T,
+            "db2": dZ2.sum(axis=1, keepdims=True),
+        }
+
+    for mask in (lambda Z: Z > 0, lambda Z: Z >= 0):
+        report = jc.check(
+            cost, lambda p, mask=mask: grad(p, mask), params, method=method, **options
+        )
+        assert report.ok, str(report)
+        assert report.leaves["b1"].status == "kink"
+    missing = jc.check(
+        cost, lambda p: grad(p, lambda Z: np.ones_like(Z)), params, method=method, **options
+    )
+    assert missing.failing == ["W1", "b1"]
+
+
+def test_l1_subgradient_at_pruned_weights():
+    # λ‖w‖₁ with weights pruned to exactly 0: sign(w) (0 there) and a ±1 choice are valid;
+    # w / |w| is NaN there, and a doubled penalty is outside the one-sided slopes.
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(12, 6)), rng.normal(size=12)
+    w = rng.normal(size=6)
+    w[[1, 4]] = 0.0
+    lam = 0.3
+
+    def cost(p):
+        r = X @ p["w"] - y
+        return float(np.mean(r**2) / 2 + lam * np.sum(np.abs(p["w"])))
+
+    def grad(p, l1):
+        return {"w": X.T @ (X @ p["w"] - y) / len(y) + l1(p["w"])}
+
+    for l1 in (lambda v: lam * np.sign(v), lambda v: lam * np.where(v >= 0, 1.0, -1.0)):
+        report = jc.check(cost, lambda p, l1=l1: grad(p, l1), {"w": w})
+        assert report.ok, str(report)
+        assert report.leaves["w"].status == "kink"
+    with np.errstate(invalid="ignore"):
+        report = jc.check(cost, lambda p: grad(p, lambda v: lam * v / np.abs(v)), {"w": w})
+    assert report.failing == ["w"]
+    assert "NaN" in report.leaves["w"].message and "(1,)" in report.leaves["w"].message
+
+
+def test_abs_kink_backprop_outside_both_one_sided_slopes_is_wrong():
+    # At |x| = 0 the one-sided slopes are ±w; backprop 1.5·w lies outside both, with finite
+    # differences (and the slopes) exact: that is a wrong gradient, not an undecidable one.
+    w = np.array([1.0, -1.0, 2.0, -0.5])
+    params = {"x": np.array([0.0, 0.0, 0.0, 0.0, 1.0, 2.0])}
+
+    def cost(p):
+        return float(np.sum(w * np.abs(p["x"][:4])) + np.sum(p["x"][4:] ** 2))
+
+    def grad(p, f):
+        return {"x": np.concatenate([f * w, 2 * p["x"][4:]])}
+
+    assert jc.check(cost, lambda p: grad(p, 1.0), params).ok
+    report = jc.check(cost, lambda p: grad(p, 1.5), params)
+    assert report.failing == ["x"], str(report)
 
 
 def max_pool_forward_naive(x, pool_param):

@@ -388,3 +388,24 @@ def test_random_models_cover_what_they_claim():
     assert {a for n in nets for a in n.activations} == {"tanh", "sigmoid", "relu", "softplus"}
     assert {n.style for n in nets} == {"dict", "layers"}
     assert {len(n.sizes) - 2 for n in nets} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_random_models_methods_never_contradict_full(seed):
+    # The correct backprop and each perturbed one: sample (1 coordinate per leaf) and
+    # directional (1 direction per leaf) fail exactly the leaves full fails.
+    net = random_net(seed)
+    rng = np.random.default_rng([seed, 99])
+    grads = [net.grad] + [
+        _with_leaf(net, net.grad, path, change) for path, _, change in _perturbations(net, rng)
+    ]
+    for grad in grads:
+        verdicts = {}
+        for method, options in [
+            ("full", {}),
+            ("sample", {"samples": 1}),
+            ("directional", {"directions": 1}),
+        ]:
+            report = jc.check(net.cost, grad, net.params, method=method, **options)
+            verdicts[method] = (report.ok, tuple(sorted(report.failing)))
+        assert len(set(verdicts.values())) == 1, (_describe(net), verdicts)
