@@ -1188,6 +1188,33 @@ def test_float32_cancellation_with_a_grad_that_casts_its_result_to_float32():
     assert report.ok, str(report)
 
 
+def test_float64_cancellation_in_a_correct_backprop_is_not_blamed():
+    # Unnormalised house-price features (square feet, bedrooms, lot size up to 1e5), weights at
+    # the generating values: the residual is 1e-3 of predictions near 1e5, so the user's correct
+    # float64 X.T @ r carries ~2e-7 relative rounding (a longdouble run of the same code shows
+    # it), above float64's rtol. That is precision, not a bug: never "BACKPROP WRONG".
+    rng = np.random.default_rng(0)
+    m = 200
+    X = np.c_[rng.uniform(500, 5000, m), rng.uniform(1, 6, m), rng.uniform(1e4, 1e5, m)]
+    w_true = np.array([150.0, 1e4, 2.0])
+    y = X @ w_true + 5e4 + rng.normal(size=m) * 1e-3
+    params = {"w": w_true.copy(), "b": np.array(5e4)}
+
+    def cost(p):
+        r = X @ p["w"] + p["b"] - y
+        return 0.5 * np.sum(r**2) / m
+
+    def grad(p):
+        r = X @ p["w"] + p["b"] - y
+        return {"w": X.T @ r / m, "b": np.sum(r) / m}
+
+    exact = grad({k: v.astype(np.longdouble) for k, v in params.items()})["w"]
+    assert np.all(np.abs(grad(params)["w"] - exact) <= 1e-6 * np.abs(exact))  # right formula
+    report = jc.check(cost, grad, params)
+    assert report.failing == [], str(report)
+    assert report.leaves["w"].status != "backprop"
+
+
 def logistic(dtype, m=16, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(3, m)).astype(dtype)
