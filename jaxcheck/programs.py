@@ -189,7 +189,7 @@ def program(
     mesh = distributed.probe_mesh(devices)
     P = jax.sharding.PartitionSpec
 
-    def run(consts, leaves, backprop, probe_args):
+    def jaxcheck_program(consts, leaves, backprop, probe_args):  # the name XLA logs show
         leaves = list(leaves)
         value, terms = cost_and_terms(twin, consts, leaves)
         gradient = jax.grad(lambda ls: twin.cost(consts, ls))(leaves) if with_gradient else None
@@ -230,7 +230,7 @@ def program(
         return distributed.replicated(((value, terms), gradient, outs), mesh)
 
     options = _fast_compile_options(devices[0].platform) if fast_compile else None
-    built = _Program(run, options, devices, progress, key)
+    built = _Program(jaxcheck_program, options, devices, progress, key)
     if key is not None:
         _PROGRAMS[key] = built
         while len(_PROGRAMS) > PROGRAM_CACHE_SIZE:
