@@ -1188,6 +1188,29 @@ def test_float32_cancellation_with_a_grad_that_casts_its_result_to_float32():
     assert report.ok, str(report)
 
 
+@pytest.mark.parametrize("factor", [1 + 1e-6, 1 - 2e-6])
+def test_two_way_check_holds_float64_rtol(factor):
+    # No twin (Python floats in the cost): finite differences of the NumPy cost are the only
+    # witness, with an estimated error ~4e-8 of the gradient. A gradient 10x rtol off is
+    # resolved by them and must not pass as correct.
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(3, 16)), (rng.random(16) > 0.5).astype(float)
+    params = {"w": 0.5 * rng.normal(size=3)}
+
+    def cost(p):
+        z = (p["w"] @ X).tolist()
+        return sum(np.logaddexp(0, zi) - yi * zi for zi, yi in zip(z, Y)) / 16
+
+    def grad(p, f=1.0):
+        return {"w": f * X @ (sigmoid(p["w"] @ X) - Y) / 16}
+
+    good = jc.check(cost, grad, params)
+    assert good.twin == "none" and good.ok
+    assert good.leaves["w"].fd_error < 1e-7
+    bad = jc.check(cost, lambda p: grad(p, factor), params)
+    assert not bad.ok, str(bad)
+
+
 def test_float64_cancellation_in_a_correct_backprop_is_not_blamed():
     # Unnormalised house-price features (square feet, bedrooms, lot size up to 1e5), weights at
     # the generating values: the residual is 1e-3 of predictions near 1e5, so the user's correct
