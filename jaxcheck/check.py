@@ -127,7 +127,7 @@ def check(
         seed=seed,
         memory_budget=memory_budget,
         progress=progress,
-        devices=None if devices is None else tuple(devices),
+        devices=devices,
         incremental=incremental,
         twin=twin,
         cache=cache,

@@ -16,14 +16,22 @@ import numpy as np
 from . import verdict as vd
 from .errors import InputError, JaxcheckError, PortError
 from .finite_differences import Evaluation, evaluate
-from .judge import Evidence, classes_of, collect, leaf_status, leaf_tolerance, refinement
+from .judge import (
+    MAX_REFINE,
+    Evidence,
+    classes_of,
+    collect,
+    leaf_status,
+    leaf_tolerance,
+    refinement,
+)
 from .kinks import joint_kink_test
 from .numpy_differences import evaluate_numpy
 from .options import Options
-from .plan import Group, plan
+from .plan import Group, coordinate_probes, plan
 from .report import Report
 from .summary import leaf_report
-from .system import System, check_twin
+from .system import System, check_twin, rerun
 from .verdict import Status
 
 __all__ = ["run"]
@@ -133,6 +141,11 @@ def run(system: System, options: Options, *, start: float | None = None) -> Repo
         judged = [
             _classes(system, i, gradient, evidence[i], tolerances[i]) for i in range(len(leaves))
         ]
+        if _kink_leaves_in_full(system, judged, evidence, options, evaluator, value, gradient):
+            judged = [
+                _classes(system, i, gradient, evidence[i], tolerances[i])
+                for i in range(len(leaves))
+            ]
         _joint_kinks(system, judged, evidence, tolerances, value, options, evaluator)
     reports = {}
     for i, path in enumerate(paths):
@@ -153,6 +166,48 @@ def run(system: System, options: Options, *, start: float | None = None) -> Repo
             rounding_difference=rounding,
         )
     return _report(system, options, reports, evidence, gradient, start)
+
+
+def _kink_leaves_in_full(
+    system: System,
+    judged: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]],
+    evidence: list[Evidence],
+    options: Options,
+    evaluator: _Evaluator,
+    value: float,
+    gradient: list[np.ndarray] | None,
+) -> bool:
+    """Probes every entry of a leaf where a subgradient was accepted at a kink (at h and 2h).
+
+    The entries that share the kink must be tested jointly, also those where backprop happens
+    to agree with autodiff and that a partial method did not probe; so sample and directional
+    never pass what full fails. Returns whether anything was evaluated.
+    """
+    chosen = {}
+    for i, (classes, _, bp) in enumerate(judged):
+        e = evidence[i]
+        kink = classes == vd.KINK
+        if gradient is not None:  # only where a subgradient other than autodiff's was accepted
+            kink &= bp != gradient[i].reshape(-1)
+        if not np.any(kink) or classes.size < 2:
+            continue
+        missing = np.setdiff1d(np.arange(classes.size), e.coords[e.refined])[:MAX_REFINE]
+        if missing.size:
+            chosen[i] = missing
+    if not chosen:
+        return False
+    groups = coordinate_probes(
+        system.leaves64,
+        system.leaves.paths,
+        chosen,
+        options.eps,
+        double=True,
+        pad=True,
+        group_small=options.incremental is not True,
+    )
+    _, _, evals = evaluator(groups, with_gradient=False)
+    collect(groups, evals, value, system.backprop, gradient, evidence)
+    return True
 
 
 def _judged_dtype(system: System, i: int) -> np.dtype:
@@ -199,22 +254,26 @@ def _precision(
     status: Status,
     tol: vd.Tolerance,
 ) -> tuple[Status, float | None]:
-    """The fourth opinion: a narrow backprop re-run at float64 separates rounding from formula.
+    """The fourth opinion: backprop re-run wider separates rounding from a formula error.
 
-    A leaf judged wrong (or inconclusive) in its own dtype whose float64 re-run agrees with
-    autodiff has a correct formula: rounding in the user's low-precision arrays explains the
-    difference, and the leaf passes with status ``rounding``.
+    A leaf judged wrong (or inconclusive) whose re-run in a wider dtype (float64 for a narrower
+    system, ``np.longdouble`` for a float64 one) agrees with autodiff has a correct formula:
+    rounding in the user's arrays explains the difference, and the leaf passes with status
+    ``rounding``.
     """
-    if status.passes or system.backprop64 is None or gradient is None:
+    if status.passes or gradient is None:
+        return status, None
+    wide = system.backprop64 if system.backprop64 is not None else _longdouble_rerun(system)
+    if wide is None:
         return status, None
     bp = system.backprop[i].astype(np.float64).reshape(-1)
-    bp64 = system.backprop64[i].astype(np.float64).reshape(-1)
+    bp64 = wide[i].astype(np.float64).reshape(-1)
     ad = gradient[i].reshape(-1)
     if not np.all(np.isfinite(bp)):
         return status, None
     # float64's tolerance, or one rounding of the re-run's own dtype if it was cast back at the
     # end (|x − fl(x)| ≤ u/2·|x|, which is u/4 of |a| + |b| in the tolerance's terms).
-    narrow = vd.epsilon(np.dtype(system.backprop64[i].dtype))
+    narrow = vd.epsilon(np.dtype(wide[i].dtype))
     tol64 = vd.Tolerance(
         rtol=max(vd.rtol_for(np.dtype(np.float64)), 0.3 * narrow),
         atol=tol.atol,
@@ -225,6 +284,28 @@ def _precision(
     if np.all(vd.backprop_agrees(bp64, ad, tol64)):
         return Status.ROUNDING, vd.relative_difference(bp, ad)
     return status, None
+
+
+_NOT_RUN = object()
+
+
+def _longdouble_rerun(system: System) -> list[np.ndarray] | None:
+    """A float64 system's gradient re-run at ``np.longdouble`` θ (once; where that is wider).
+
+    The float64 analogue of the narrow system's float64 re-run: a correct backprop that loses
+    digits to cancellation (large features, a large offset) agrees with autodiff when the same
+    code runs wider.
+    """
+    cached = getattr(system, "_longdouble", _NOT_RUN)
+    if cached is not _NOT_RUN:
+        return cached
+    result = None
+    wide = np.dtype(np.longdouble)
+    if system.grad_fn is not None and vd.epsilon(wide) < vd.epsilon(np.dtype(np.float64)):
+        values = [v.astype(wide) for v in system.leaves.values]
+        result = rerun(system.grad_fn, system.pair, system.leaves, values)
+    system._longdouble = result  # type: ignore[attr-defined]
+    return result
 
 
 def _report(

@@ -213,7 +213,8 @@ def _message(
         return (
             f"{path}: correct formula; {leaf.dtype} rounding in your backprop explains a "
             f"difference of {leaf.rounding_difference:.2e} from autodiff (the same backprop run "
-            f"at float64 parameters agrees with autodiff)."
+            f"at {'np.longdouble' if leaf.dtype == 'float64' else 'float64'} parameters agrees "
+            f"with autodiff)."
         )
     if status == Status.FD_UNRELIABLE:
         count = int(np.sum(classes == vd.FD_UNRELIABLE))

@@ -59,6 +59,8 @@ class System:
             whose code follows its input dtype (else None).
         cost64: the user's cost at float64 params, for such a system: the twin must match it
             to float64 precision (else None).
+        grad_fn: the user's gradient function (with ``pair``: ``fn`` returning (loss, grads)),
+            to re-run it in a wider dtype.
         cost: the NumPy cost at θ.
         cost_fn: the user's cost as ``params -> float`` (for a two-way check).
         twin: the traced JAX twin, or None (two-way check: no twin could be had).
@@ -85,6 +87,8 @@ class System:
     cost_mismatch: float
     dtype: np.dtype
     cost64: float | None = None
+    grad_fn: Callable[[Any], Any] | None = None
+    pair: bool = False
     autodiff: bool = True
     reference: list[np.ndarray] | None = None
 
@@ -204,6 +208,8 @@ def prepare(
         0.0,
         dtype,
         cost64=cost64,
+        grad_fn=cost if grad is None else grad,
+        pair=grad is None,
     )
 
 
@@ -236,8 +242,15 @@ def _rerun64(
     """The user's gradient at float64 copies of θ, when the system is narrower and follows it."""
     if epsilon(dtype) <= epsilon(np.dtype(np.float64)):
         return None
+    return rerun(fn, pair, leaves, leaves64)
+
+
+def rerun(
+    fn: Callable, pair: bool, leaves: Leaves, values: list[np.ndarray]
+) -> list[np.ndarray] | None:
+    """The user's gradient at copies of ``values`` (θ in a wider dtype), or None if it fails."""
     try:
-        out = fn(leaves.unflatten([v.copy() for v in leaves64]))
+        out = fn(leaves.unflatten([v.copy() for v in values]))
         grads = match_gradient(_split(out, "fn")[1] if pair else out, leaves)
     except Exception:  # noqa: BLE001 - code that cannot run in float64 just has no re-run
         return None

@@ -28,6 +28,14 @@ def scalar_of(value: Any) -> jax.Array:
     if isinstance(value, (tuple, list)):
         value = value[0]
     value = jnp.asarray(value)
+    if value.size != 1:
+        from .errors import InputError
+
+        raise InputError(
+            f"jax_cost(params) returned an array of shape {value.shape}; expected the scalar "
+            f"cost (a 0-d array, or a tuple whose first item is one). Reduce it as the NumPy "
+            f"cost does, e.g. with jnp.sum or jnp.mean."
+        )
     return value.reshape(())
 
 

@@ -268,11 +268,21 @@ def classify(op: Opinions, tol: Tolerance, *, autodiff: bool = True) -> np.ndarr
     hi = np.maximum(op.slope_up, op.slope_down) + margin
     with np.errstate(invalid="ignore"):
         subgradient = op.kink & (bp >= lo) & (bp <= hi)
+        # At a kink whose one-sided slopes are known well, a value outside both is wrong.
+        slopes_sure = op.slope_error <= FD_USEFUL * (
+            np.abs(op.slope_up) + np.abs(op.slope_down) + ATOL_FRACTION * tol.scale
+        ) + 4 * np.asarray(tol.atol)
+        outside = op.kink & ~subgradient & slopes_sure & np.isfinite(bp)
     out = np.full(bp.shape, INCONCLUSIVE, dtype=np.int8)
     if not autodiff:
-        out[bp_fd & precise] = OK
-        out[~bp_fd & decisive_two_way(bp, fd, err, precise)] = BACKPROP
+        # Finite differences are the only reference: within the dtype's tolerance plus their
+        # own error of them is agreement, beyond it (when they can tell) a bug.
+        with np.errstate(invalid="ignore", over="ignore"):
+            near = close(bp, fd, tol.rtol, tol.atol + 2 * err)
+        out[near & precise] = OK
+        out[~near & decisive_two_way(bp, fd, err, precise)] = BACKPROP
         out[op.kink & subgradient] = KINK
+        out[outside] = BACKPROP
         out[~np.isfinite(bp) & np.isfinite(fd)] = BACKPROP
         return out
     out[bp_ad] = FD_UNRELIABLE
@@ -294,6 +304,7 @@ def classify(op: Opinions, tol: Tolerance, *, autodiff: bool = True) -> np.ndarr
     with np.errstate(invalid="ignore"):
         out[apart & precise & (CLOSER * to_ad < to_bp)] = BACKPROP
         out[apart & separates & (CLOSER * to_bp < to_ad)] = TWIN
+    out[~bp_ad & outside] = BACKPROP
     out[~np.isfinite(bp) & np.isfinite(ad)] = BACKPROP
     return out
 
