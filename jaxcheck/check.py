@@ -79,7 +79,7 @@ def check(
             ``memory_budget``.
         seed: a non-negative integer seeding the sampled coordinates and random directions.
         memory_budget: bytes one batch may use per device; ``None``: a quarter of an
-            accelerator's memory, or 512 MiB on a CPU.
+            accelerator's memory, or 64 MiB on a CPU.
         progress: show a progress bar over batches on stderr; ``None``: only on a terminal.
         devices: devices to split the perturbations over; ``None``: all of ``jax.devices()``.
         incremental: evaluate large leaves incrementally (one slab per perturbation);

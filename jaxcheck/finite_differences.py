@@ -42,8 +42,10 @@ _LOG = logging.getLogger("jaxcheck")
 #: evaluated incrementally: a from-scratch batch of a mid-sized bias makes large batched
 #: products that a GPU compiler spends tens of seconds autotuning.
 INCREMENTAL_MIN_SIZE = 64
-#: Memory budget for one batch of perturbed evaluations on a CPU: 512 MiB.
-DEFAULT_CPU_BUDGET = 512 * 2**20
+#: Memory budget for one batch of perturbed evaluations on a CPU: 64 MiB. Evaluations there are
+#: bound by memory traffic, and batches that stay near the caches run faster than larger ones
+#: (the 40,401-parameter MLP: 0.48 s at 64 MiB, 0.62 s at 512 MiB, 2-core CPU).
+DEFAULT_CPU_BUDGET = 64 * 2**20
 #: Fraction of an accelerator's memory given to one batch of perturbed evaluations.
 ACCELERATOR_BUDGET_FRACTION = 0.25
 
@@ -111,7 +113,7 @@ class Evaluation:
 def default_memory_budget(devices: Sequence[Any] | None = None) -> int:
     """Bytes one batch of perturbed evaluations may use, per device.
 
-    A quarter of an accelerator's memory when the device reports it, else 512 MiB.
+    A quarter of an accelerator's memory when the device reports it, else 64 MiB.
     """
     device = distributed.own_device(devices or jax.devices())
     try:
