@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,12 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._rule_report import RuleReport
 from .errors import InputError, JaxcheckError, ReimplementationError, user_code_error
 from .options import Options
 from .pipeline import run
 from .report import Report
 from .system import prepare
-from .verdict import Status, epsilon
+from .verdict import epsilon
 
 __all__ = ["EXPECTATIONS", "check_rule"]
 
@@ -403,150 +403,3 @@ def _compare_reference(f: Callable, reference: Callable, inputs: _Inputs, functi
 
 
 # --------------------------------------------------------------------------- the report
-
-
-@dataclasses.dataclass(repr=False)  # keep Report's short repr
-class RuleReport(Report):
-    """A :class:`~jaxcheck.Report` about a custom differentiation rule.
-
-    ``backprop`` in the table is the rule's vjp. With ``expected="surrogate"`` the rule is not
-    judged: the leaves keep the status the differences would have earned, but none of them
-    fails and the report is ok.
-
-    Attributes:
-        subject: what is checked, e.g. ``"the custom rule of relu"``.
-        witness: the autodiff opinion in words, or None for a two-way check.
-        expected: ``"derivative"`` or ``"surrogate"``.
-        seed: the seed of the cotangent.
-        static: the arguments passed through unchecked.
-        noun: what ``backprop`` is called in sentences: ``"rule"``, ``"backward"``.
-    """
-
-    subject: str = "the custom rule"
-    witness: str | None = None
-    expected: str = "derivative"
-    seed: int = 0
-    static: list[str] = dataclasses.field(default_factory=list)
-    noun: str = "rule"
-
-    @classmethod
-    def from_report(cls, report: Report, **fields: Any) -> RuleReport:
-        """The engine's report, about the rule; not judged when the rule is a surrogate."""
-        base = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
-        out = cls(**{**base, **fields})
-        for leaf in out.leaves.values():
-            leaf.message = _about_rule(leaf.message, out.noun)
-        if out.expected == "surrogate":
-            out.ok = True
-            for leaf in out.leaves.values():
-                if not leaf.ok:
-                    leaf.ok = True
-                    leaf.message = f"not judged (surrogate rule): {leaf.message}"
-        return out
-
-    @property
-    def surrogate(self) -> bool:
-        """Whether the rule is a deliberate surrogate, reported but not judged."""
-        return self.expected == "surrogate"
-
-    @property
-    def failing(self) -> list[str]:
-        """Paths of the leaves whose rule is wrong (none for a surrogate)."""
-        return [] if self.surrogate else super().failing
-
-    @property
-    def inconclusive(self) -> list[str]:
-        """Paths of the leaves no opinion could settle (none for a surrogate)."""
-        return [] if self.surrogate else super().inconclusive
-
-    @property
-    def verdict(self) -> str:
-        """The verdict in words, one sentence per finding."""
-        notes = [leaf.message for leaf in self.leaves.values() if leaf.message]
-        subject = self.subject[0].upper() + self.subject[1:]
-        fd = "finite differences"
-        witnesses = fd if self.witness is None else f"{self.witness} and {fd}"
-        if self.surrogate:
-            differ = [p for p, leaf in self.leaves.items() if leaf.status not in _AGREE]
-            found = (
-                f"it differs from the derivative in {', '.join(differ)}"
-                if differ
-                else "it agrees with the derivative"
-            )
-            head = f"Surrogate rule: not judged. {subject} is a surrogate by design; {found}."
-        elif self.failing:
-            head = f"{subject} is WRONG in {', '.join(self.failing)}."
-        elif self.inconclusive:
-            head = (
-                f"{subject} is NOT VERIFIED in {', '.join(self.inconclusive)}: it disagrees with "
-                f"{self.witness} there and finite differences cannot tell which is right."
-            )
-        elif any(leaf.status == Status.TWIN for leaf in self.leaves.values()):
-            head = (
-                f"{subject} agrees with finite differences, but {self.witness} does not: fix "
-                f"the reference; the rule is not blamed."
-            )
-        else:
-            head = f"{subject} is correct: it agrees with {witnesses}" + (
-                " (notes below)." if notes else "."
-            )
-        return "\n".join([head, *notes])
-
-    def _header(self) -> str:
-        size = sum(x.size for x in self.leaves.values())
-        n = len(self.leaves)
-        static = f", static: {', '.join(self.static)}" if self.static else ""
-        opinions = "two-way: no reference"
-        if self.witness is not None:
-            opinions = self.witness
-            if self.twin not in ("none", "torch"):
-                opinions += f", twin mismatch {self.cost_mismatch:.1e}"
-        return (
-            f"jaxcheck: {self.subject}, {self.method} check of {size} inputs in {n} "
-            f"lea{'f' if n == 1 else 'ves'} ({self.dtype} {self.noun}, cotangent seed {self.seed}"
-            f"{static}) — {opinions}"
-        )
-
-    def _rows(self) -> list[list[str]]:
-        rows = super()._rows()
-        if self.surrogate:
-            for row, leaf in zip(rows, self.leaves.values()):
-                if leaf.status not in _AGREE:
-                    row[-1] = "not judged"
-        return rows
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        # The engine's closing note speaks of backprop; here backprop is the rule's vjp.
-        text = re.sub(
-            r"Two-way check: backprop was judged.*$",
-            f"Two-way check: the {self.noun} was compared with finite differences alone; pass "
-            f"reference= (the function without its {self.noun}) for the third opinion.",
-            text,
-            flags=re.S,
-        )
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report, saying what was checked."""
-        out = super().to_dict()
-        out.update(
-            check="rule",
-            subject=self.subject,
-            witness=self.witness,
-            expected=self.expected,
-            seed=self.seed,
-            static=list(self.static),
-            noun=self.noun,
-        )
-        return out
-
-
-def _about_rule(message: str, noun: str) -> str:
-    """The engine's sentence about a leaf, "backprop" said as what it is here (the rule)."""
-    for old, new in (("your backprop", f"your {noun}"), ("the same backprop", f"the same {noun}")):
-        message = message.replace(old, new)
-    return re.sub(r"\bbackprop\b", f"the {noun}", message)
-
-
-_AGREE = (Status.OK, Status.KINK, Status.ROUNDING, Status.FD_UNRELIABLE)
