@@ -59,6 +59,8 @@ class System:
             whose code follows its input dtype (else None).
         cost64: the user's cost at float64 params, for such a system: the twin must match it
             to float64 precision (else None).
+        cost_dtype: the dtype the user's cost returned its value in (a cost written with
+            jax.numpy under JAX's default config returns float32 for float64 params).
         grad_fn: the user's gradient function (with ``pair``: ``fn`` returning (loss, grads)),
             to re-run it in a wider dtype.
         cost: the NumPy cost at θ.
@@ -87,6 +89,7 @@ class System:
     cost_mismatch: float
     dtype: np.dtype
     cost64: float | None = None
+    cost_dtype: np.dtype | None = None
     grad_fn: Callable[[Any], Any] | None = None
     pair: bool = False
     autodiff: bool = True
@@ -172,6 +175,7 @@ def prepare(
         cost_fn = cost
     value = scalar_cost(loss_a, what=f"{name}(params)")
     again = scalar_cost(loss_b, what=f"{name}(params)")
+    cost_dtype = _value_dtype(loss_a)
     if not _same(np.array(value), np.array(again)):
         raise NondeterminismError(
             f"{name}(params) returned {value!r} and then {again!r} for the same params. "
@@ -208,9 +212,18 @@ def prepare(
         0.0,
         dtype,
         cost64=cost64,
+        cost_dtype=cost_dtype,
         grad_fn=cost if grad is None else grad,
         pair=grad is None,
     )
+
+
+def _value_dtype(value: Any) -> np.dtype | None:
+    raw = value[0] if isinstance(value, (tuple, list)) and value else value
+    dtype = getattr(raw, "dtype", None)
+    if dtype is None or not np.issubdtype(np.dtype(dtype), np.floating):
+        return None
+    return np.dtype(dtype)
 
 
 def _cost64(
@@ -357,6 +370,9 @@ def check_twin(system: System, twin_cost: float, terms: float) -> None:
     denom = max(abs(value), abs(twin_cost))
     mismatch = 0.0 if denom == 0 else abs(value - twin_cost) / denom
     eps = epsilon(dtype)
+    if system.cost64 is None and system.cost_dtype is not None:
+        # The cost's own value is only as precise as the dtype it was computed in.
+        eps = max(eps, epsilon(system.cost_dtype))
     base = (
         COST_RTOL_FLOAT64
         if eps <= epsilon(np.dtype(np.float64))
