@@ -176,3 +176,16 @@ def test_the_users_code_runs_as_few_times_as_documented(capsys):
     jc.check(counted_cost, counted_grad, params32)
     # and each once more at float64 copies of θ
     assert _counts(capsys.readouterr().out) == {"cost": 4, "grad": 3}
+
+
+def test_a_cost_written_with_jax_numpy_in_float32_is_matched_at_float32_precision():
+    def jnp_cost(p):  # JAX's default config: float32 values, whatever the params
+        w32 = jnp.asarray(p["w"], jnp.float32)
+        return jnp.sum(jnp.sin(jnp.asarray(X, jnp.float32) @ w32)) + jnp.sum(p["b"] ** 2)
+
+    def twin(p):
+        return jnp.sum(jnp.sin(X @ p["w"])) + jnp.sum(p["b"] ** 2)
+
+    with jax.enable_x64(False):
+        report = jc.check(jnp_cost, grad, PARAMS, jax_cost=twin)
+    assert report.ok and report.cost_mismatch > 1e-9  # a float32 cost, not refused for it
