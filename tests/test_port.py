@@ -895,3 +895,30 @@ def test_layers_that_leave_their_output_on_themselves():
     expected = (dense1.dweights, dense1.dbiases, dense2.dweights, dense2.dbiases)
     for got, want in zip(autodiff, expected):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_code_without_source_still_ports_the_functions_it_calls(tmp_path):
+    # A cost typed at a plain `python` prompt (or `python -c`) has no source to rewrite: the
+    # functions of the user's modules that it calls are ported all the same.
+    import subprocess
+    import sys
+
+    script = (
+        "import jaxcheck as jc\n"
+        "from jaxcheck import lesson\n"
+        "X, Y, p = lesson.gradient_check_n_test_case()\n"
+        "cost = lambda q: lesson.forward_propagation_n(X, Y, q)\n"
+        "bug = lambda q: lesson.backward_propagation_n_buggy(X, Y, cost(q)[1])\n"
+        "r = jc.check(cost, bug, p)\n"
+        "print(r.twin, r.failing)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "ported ['W2', 'b1']"

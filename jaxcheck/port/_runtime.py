@@ -23,7 +23,7 @@ from . import _dispatch as dispatch
 from . import _isolate as isolate
 from . import _rewrite as rewrite
 from . import _source as source
-from ._user import is_user_class, is_user_function
+from ._user import is_user_class, is_user_function, is_user_module
 
 CALLEE = "__jaxcheck_callee__"  # set on an exception raised by a library function given JAX values
 
@@ -218,12 +218,25 @@ def _copy_cell(cell: types.CellType, translate: bool) -> types.CellType:
     return types.CellType(translate_value(contents) if translate else contents)
 
 
+class _UserModule(types.ModuleType):
+    """A module of the user's seen from code without source: its functions come out ported."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        super().__init__(module.__name__, module.__doc__)
+        self.__dict__["_jaxcheck_module"] = module
+
+    def __getattr__(self, name: str) -> Any:
+        return translate_value(getattr(self.__dict__["_jaxcheck_module"], name))
+
+
 def translate_value(value: Any) -> Any:
     """What unrewritten code sees for a value: NumPy dispatching, user functions ported."""
     if isinstance(value, types.ModuleType):
         name = value.__name__
         if name == "numpy" or name in ("numpy.linalg", "numpy.fft"):
             return dispatch.NumpyProxy(value)
+        if is_user_module(value):
+            return _UserModule(value)
         return value
     if _needs_routing(value):
         entry = dispatch.numpy_entry(value)
