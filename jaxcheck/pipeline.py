@@ -286,9 +286,6 @@ def _precision(
     return status, None
 
 
-_NOT_RUN = object()
-
-
 def _longdouble_rerun(system: System) -> list[np.ndarray] | None:
     """A float64 system's gradient re-run at ``np.longdouble`` θ (once; where that is wider).
 
@@ -296,16 +293,13 @@ def _longdouble_rerun(system: System) -> list[np.ndarray] | None:
     digits to cancellation (large features, a large offset) agrees with autodiff when the same
     code runs wider.
     """
-    cached = getattr(system, "_longdouble", _NOT_RUN)
-    if cached is not _NOT_RUN:
-        return cached
-    result = None
-    wide = np.dtype(np.longdouble)
-    if system.grad_fn is not None and vd.epsilon(wide) < vd.epsilon(np.dtype(np.float64)):
-        values = [v.astype(wide) for v in system.leaves.values]
-        result = rerun(system.grad_fn, system.pair, system.leaves, values)
-    system._longdouble = result  # type: ignore[attr-defined]
-    return result
+    if not system.longdouble_tried:
+        system.longdouble_tried = True
+        wide = np.dtype(np.longdouble)
+        if system.grad_fn is not None and vd.epsilon(wide) < vd.epsilon(np.dtype(np.float64)):
+            values = [v.astype(wide) for v in system.leaves.values]
+            system.longdouble = rerun(system.grad_fn, system.pair, system.leaves, values)
+    return system.longdouble
 
 
 def _report(

@@ -63,6 +63,8 @@ class System:
             jax.numpy under JAX's default config returns float32 for float64 params).
         grad_fn: the user's gradient function (with ``pair``: ``fn`` returning (loss, grads)),
             to re-run it in a wider dtype.
+        longdouble: a float64 system's gradient re-run at ``np.longdouble`` θ, once a leaf
+            failed (``longdouble_tried`` says whether it was attempted).
         cost: the NumPy cost at θ.
         cost_fn: the user's cost as ``params -> float`` (for a two-way check).
         twin: the traced JAX twin, or None (two-way check: no twin could be had).
@@ -92,6 +94,8 @@ class System:
     cost_dtype: np.dtype | None = None
     grad_fn: Callable[[Any], Any] | None = None
     pair: bool = False
+    longdouble: list[np.ndarray] | None = None
+    longdouble_tried: bool = False
     autodiff: bool = True
     reference: list[np.ndarray] | None = None
 
