@@ -367,6 +367,18 @@ def _twin(
     return twin
 
 
+def reference_gap(
+    a64: np.ndarray, b64: np.ndarray, u: float
+) -> tuple[float, tuple[int, ...] | None]:
+    """The tolerance of a reference's values (``u``: the outputs' epsilon) and the index of the
+    worst entry beyond it, or None when the reference computes the same values."""
+    rtol = max(REFERENCE_RTOL_FLOAT64, REFERENCE_EPS_UNITS * u)
+    gap = np.abs(a64 - b64)
+    if np.all(gap <= rtol * float(np.max(np.abs(a64), initial=0.0))):
+        return rtol, None
+    return rtol, tuple(int(i) for i in np.unravel_index(int(np.argmax(gap)), a64.shape))
+
+
 def _compare_reference(f: Callable, reference: Callable, inputs: _Inputs, function: str) -> None:
     """Raises unless ``reference`` computes ``f``'s values at the float64 arguments."""
     params64 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), inputs.params)
@@ -385,13 +397,9 @@ def _compare_reference(f: Callable, reference: Callable, inputs: _Inputs, functi
         if not np.issubdtype(a.dtype, np.floating):
             continue
         u = max(epsilon(a.dtype), epsilon(np.asarray(b).dtype))
-        rtol = max(REFERENCE_RTOL_FLOAT64, REFERENCE_EPS_UNITS * u)
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        scale = float(np.max(np.abs(a64), initial=0.0))
-        gap = np.abs(a64 - b64)
-        bad = ~(gap <= rtol * scale)
-        if bad.any():
-            at = tuple(int(i) for i in np.unravel_index(int(np.argmax(gap)), a.shape))
+        rtol, at = reference_gap(a64, b64, u)
+        if at is not None:
             where = f"output {k}" if len(got) > 1 else "the output"
             raise ReimplementationError(
                 f"reference(*args) does not compute {function}(*args): at {where}{list(at)} "

@@ -25,17 +25,11 @@ from .errors import (
 from .options import Options
 from .pipeline import run
 from .report import Report
-from .rule import EXPECTATIONS, RuleReport, argument_names
+from .rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
 from .system import prepare
 from .verdict import epsilon
 
 __all__ = ["check"]
-
-#: A reference may differ from the function by this many epsilons of the output's dtype
-#: (relative to the output's largest entry) before it counts as another function.
-REFERENCE_EPS_UNITS = 1000
-#: ... and never by less than this in float64.
-REFERENCE_RTOL_FLOAT64 = 1e-9
 
 
 def check(
@@ -339,10 +333,8 @@ def _compare_reference(
             epsilon(np.dtype(str(a.dtype).removeprefix("torch."))),
             epsilon(np.dtype(str(b.dtype).removeprefix("torch."))),
         )
-        rtol = max(REFERENCE_RTOL_FLOAT64, REFERENCE_EPS_UNITS * u)
-        gap = np.abs(a64 - b64)
-        if not np.all(gap <= rtol * float(np.max(np.abs(a64), initial=0.0))):
-            at = tuple(int(i) for i in np.unravel_index(int(np.argmax(gap)), a64.shape))
+        rtol, at = reference_gap(a64, b64, u)
+        if at is not None:
             raise ReimplementationError(
                 f"reference(*inputs) does not compute {name}: at output {k}{list(at)} the "
                 f"function gives {a64[at]!r} and the reference {b64[at]!r} (float64 inputs; "
