@@ -569,21 +569,35 @@ def lesson_cold_start(timeout: float = 600.0) -> dict[str, Any]:
         The subprocess's measurements, plus ``wall_seconds`` of the whole process.
     """
     with tempfile.TemporaryDirectory(prefix="jaxcheck-bench-cache-") as cache:
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", _LESSON_SCRIPT],
-            capture_output=True,
-            text=True,
-            env=child_environment(cache),
-            timeout=timeout,
-            check=False,
-        )
-        wall = time.perf_counter() - start
+        command = [sys.executable, "-c", _LESSON_SCRIPT]
+        return run_child(command, cache, timeout, "the lesson's subprocess")
+
+
+def run_child(command: list[str], cache_dir: str, timeout: float, what: str) -> dict[str, Any]:
+    """Runs a child process that prints one JSON object last; returns it with its wall time.
+
+    Args:
+        command: the child's command line.
+        cache_dir: the child's jaxcheck disk-cache directory.
+        timeout: seconds before the child is abandoned.
+        what: how to name the child in an error.
+
+    Returns:
+        The child's JSON object, plus ``wall_seconds`` of the whole process.
+    """
+    start = time.perf_counter()
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=child_environment(cache_dir),
+        timeout=timeout,
+        check=False,
+    )
+    wall = time.perf_counter() - start
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"the lesson's subprocess exited with {done.returncode}: {done.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"{what} exited with {done.returncode}: {done.stderr[-2000:]}")
     result = json.loads(lines[-1])
     result["wall_seconds"] = wall
     return result

@@ -417,7 +417,7 @@ def _run_child(
     seed: int,
     timeout: float,
 ) -> dict[str, Any]:
-    from measure import child_environment
+    from measure import run_child
 
     command = [
         sys.executable,
@@ -436,24 +436,7 @@ def _run_child(
         "--seed",
         str(seed),
     ]
-    start = time.perf_counter()
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=child_environment(cache_dir),
-        timeout=timeout,
-        check=False,
-    )
-    wall = time.perf_counter() - start
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"the {tool} child ({plan}) exited with {done.returncode}: {done.stderr[-2000:]}"
-        )
-    result = json.loads(lines[-1])
-    result["wall_seconds"] = wall
-    return result
+    return run_child(command, cache_dir, timeout, f"the {tool} child ({plan})")
 
 
 _PYTEST_HEADER = '''\
