@@ -377,7 +377,7 @@ def _disk_cache_stats() -> Mapping[str, int] | None:
     Read only; a jaxcheck without ``jaxcheck.compile_cache.stats`` gives ``None``.
     """
     try:
-        from jaxcheck import compile_cache
+        from jaxcheck._engine.evaluate import compile_cache
     except ImportError:
         return None
     stats = getattr(compile_cache, "stats", None)

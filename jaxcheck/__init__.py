@@ -35,29 +35,29 @@ if sys.argv[:1] == ["-m"] and sys.path:
         sys.path.insert(0, _first)
     del _first, os, sysconfig
 
-from .check import assert_gradients as assert_gradients
-from .check import check as check
-from .errors import GradientError as GradientError
-from .errors import InputError as InputError
-from .errors import JaxcheckError as JaxcheckError
-from .errors import MissingDependencyError as MissingDependencyError
-from .errors import NondeterminismError as NondeterminismError
-from .errors import PortError as PortError
-from .errors import PortWarning as PortWarning
-from .errors import ReimplementationError as ReimplementationError
-from .errors import UserCodeError as UserCodeError
-from .layer import assert_layer as assert_layer
-from .layer import check_layer as check_layer
-from .objects import assert_object as assert_object
-from .objects import check_object as check_object
-from .port import port as port
-from .report import LeafReport as LeafReport
-from .report import Report as Report
-from .rule import check_rule as check_rule
-from .second_order import check_hvp as check_hvp
-from .sweep import StepSweep as StepSweep
-from .sweep import step_sweep as step_sweep
-from .verdict import Status as Status
+from jaxcheck._engine.doors.gradient import assert_gradients as assert_gradients
+from jaxcheck._engine.doors.gradient import check as check
+from jaxcheck._engine.doors.layer import assert_layer as assert_layer
+from jaxcheck._engine.doors.layer import check_layer as check_layer
+from jaxcheck._engine.doors.object import assert_object as assert_object
+from jaxcheck._engine.doors.object import check_object as check_object
+from jaxcheck._engine.doors.product import check_hvp as check_hvp
+from jaxcheck._engine.doors.rule import check_rule as check_rule
+from jaxcheck._engine.doors.sweep import StepSweep as StepSweep
+from jaxcheck._engine.doors.sweep import step_sweep as step_sweep
+from jaxcheck._engine.verdict.classify import Status as Status
+from jaxcheck.errors import GradientError as GradientError
+from jaxcheck.errors import InputError as InputError
+from jaxcheck.errors import JaxcheckError as JaxcheckError
+from jaxcheck.errors import MissingDependencyError as MissingDependencyError
+from jaxcheck.errors import NondeterminismError as NondeterminismError
+from jaxcheck.errors import PortError as PortError
+from jaxcheck.errors import PortWarning as PortWarning
+from jaxcheck.errors import ReimplementationError as ReimplementationError
+from jaxcheck.errors import UserCodeError as UserCodeError
+from jaxcheck.port import port as port
+from jaxcheck.report import LeafReport as LeafReport
+from jaxcheck.report import Report as Report
 
 __version__ = "0.1.0"
 

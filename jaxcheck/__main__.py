@@ -4,7 +4,7 @@ The current directory that ``python -m`` puts first on ``sys.path`` is moved beh
 library by ``jaxcheck/__init__.py``, which runs before this module.
 """
 
-from .cli import main
+from jaxcheck.cli import main
 
 # The guard keeps importers (pytest's --doctest-modules collects every module) from running it.
 if __name__ == "__main__":

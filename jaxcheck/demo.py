@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import lesson
-from .check import check
+from jaxcheck import lesson
+from jaxcheck._engine.doors.gradient import check
 
 __all__ = ["demo"]
 

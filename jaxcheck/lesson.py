@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from .errors import InputError
-from .verdict import relative_difference
+from jaxcheck._engine.verdict.classify import relative_difference
+from jaxcheck.errors import InputError
 
 __all__ = [
     "backward_propagation",

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import MissingDependencyError
+from jaxcheck.errors import MissingDependencyError
 
 if TYPE_CHECKING:
-    from .report import Report
+    from jaxcheck.report import Report
 
 __all__ = ["FLOOR", "MissingDependencyError", "plot_report", "plot_step_sweep"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .report import Report
+    from jaxcheck.report import Report
 
 __all__ = ["gradcheck", "gradcheck_layer"]
 
@@ -42,8 +42,8 @@ def gradcheck() -> Callable[..., Report]:
 
     def run(cost: Callable, grad: Callable, params: Any, **options: Any) -> Report:
         __tracebackhide__ = True  # the failure points at the test's call, not at jaxcheck
-        from .check import check
-        from .errors import GradientError
+        from jaxcheck._engine.doors.gradient import check
+        from jaxcheck.errors import GradientError
 
         report = check(cost, grad, params, **options)
         if not report.ok:
@@ -87,8 +87,8 @@ def gradcheck_layer() -> Callable[..., Report]:
 
     def run(forward: Callable, backward: Callable, *args: Any, **options: Any) -> Report:
         __tracebackhide__ = True  # the failure points at the test's call, not at jaxcheck
-        from .errors import GradientError
-        from .layer import check_layer
+        from jaxcheck._engine.doors.layer import check_layer
+        from jaxcheck.errors import GradientError
 
         report = check_layer(forward, backward, *args, **options)
         if not report.ok:

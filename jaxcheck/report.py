@@ -10,7 +10,7 @@ import html
 import math
 from typing import Any
 
-from .verdict import Status
+from jaxcheck._engine.verdict.classify import Status
 
 __all__ = ["LeafReport", "Report"]
 
@@ -351,6 +351,6 @@ class Report:
 
     def plot(self, ax: Any = None) -> Any:
         """Plots per-leaf differences against the tolerance; see :mod:`jaxcheck.plotting`."""
-        from .plotting import plot_report
+        from jaxcheck.plotting import plot_report
 
         return plot_report(self, ax=ax)

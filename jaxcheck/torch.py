@@ -15,19 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from jaxcheck._engine.doors.pipeline import run
+from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import prepare
+from jaxcheck._engine.verdict.classify import epsilon
+from jaxcheck.errors import (
     InputError,
     JaxcheckError,
     MissingDependencyError,
     ReimplementationError,
     user_code_error,
 )
-from .options import Options
-from .pipeline import run
-from .report import Report
-from .rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
-from .system import prepare
-from .verdict import epsilon
+from jaxcheck.report import Report
 
 __all__ = ["check"]
 
@@ -148,7 +148,7 @@ def _torch() -> Any:
 
 
 def _options(seed: int, options: dict[str, Any]) -> Options:
-    from .rule import _options as rule_options
+    from jaxcheck._engine.doors.rule import _options as rule_options
 
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
     return dataclasses.replace(rule_options(seed, options), twin="none")

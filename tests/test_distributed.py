@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxcheck import distributed
+from jaxcheck._engine.evaluate import processes as distributed
 
 # One worker: joins the processes (when there are several), runs one check per method with a
 # planted bug, and writes what it saw as JSON. Then one process alone gets other params, which

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
-from jaxcheck import finite_differences as fd
-from jaxcheck import models, programs
-from jaxcheck.options import Options
-from jaxcheck.plan import plan
-from jaxcheck.system import prepare
+from jaxcheck import models
+from jaxcheck._engine.evaluate import finite_differences as fd
+from jaxcheck._engine.evaluate import programs
+from jaxcheck._engine.evaluate.plan import plan
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import prepare
 
 
 def _prepared(model):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcheck._incremental import perturbed_cost
+from jaxcheck._engine.evaluate.incremental import perturbed_cost
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(4, 6))

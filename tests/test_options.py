@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
-from jaxcheck.options import Options
+from jaxcheck._engine.options import Options
 
 
 def _quadratic():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
-from jaxcheck import compile_cache
+from jaxcheck._engine.evaluate import compile_cache
 
 
 def _regression(seed: int, n: int = 5, m: int = 12):
@@ -67,7 +67,7 @@ _FRESH = textwrap.dedent(
     import json, sys
     import numpy as np
     import jaxcheck as jc
-    from jaxcheck import compile_cache
+    from jaxcheck._engine.evaluate import compile_cache
 
     rng = np.random.default_rng(int(sys.argv[1]))
     X = rng.normal(size=(6, 3))

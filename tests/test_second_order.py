@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
-from jaxcheck import second_order
+from jaxcheck._engine.doors import product as second_order
 
 
 class TanhNet:
@@ -312,8 +312,8 @@ def test_the_report_serialises_and_plots(net):
 
 
 def test_the_device_screen_passes_exactly_what_classify_calls_ok():
-    from jaxcheck import _products
-    from jaxcheck import verdict as vd
+    from jaxcheck._engine.evaluate import products as _products
+    from jaxcheck._engine.verdict import classify as vd
 
     rng = np.random.default_rng(3)
     directions, sizes = 6, (5, 7)
@@ -364,7 +364,7 @@ def test_the_device_screen_passes_exactly_what_classify_calls_ok():
 def test_large_checks_refine_flagged_directions_and_count_what_they_do_not_judge(
     net, monkeypatch, judged
 ):
-    from jaxcheck import _products
+    from jaxcheck._engine.evaluate import products as _products
 
     monkeypatch.setattr(_products, "SMALL_CHECK", 0)  # ±2h in a second program, as when large
     monkeypatch.setattr(second_order, "MAX_JUDGED", judged)
@@ -378,7 +378,7 @@ def test_large_checks_refine_flagged_directions_and_count_what_they_do_not_judge
 
 
 def test_large_checks_find_kinks_in_the_second_program(monkeypatch):
-    from jaxcheck import _products
+    from jaxcheck._engine.evaluate import products as _products
 
     monkeypatch.setattr(_products, "SMALL_CHECK", 0)
     params = {"a": np.array([0.0, 1.5, -0.5, 0.0])}

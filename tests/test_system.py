@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
-from jaxcheck import judge
+from jaxcheck._engine.verdict import evidence as judge
 
 X = np.random.default_rng(0).normal(size=(6, 3))
 

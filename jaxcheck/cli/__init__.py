@@ -5,12 +5,12 @@
 
 # The check that ``jaxcheck check`` runs: _commands looks it up here each time, so that tests can
 # replace jaxcheck.cli.run_check.
-from ..check import check as run_check  # noqa: F401
-from ._commands import main as main
-from ._output import EXIT_CORRECT as EXIT_CORRECT
-from ._output import EXIT_CRASH as EXIT_CRASH
-from ._output import EXIT_INTERRUPTED as EXIT_INTERRUPTED
-from ._output import EXIT_USAGE as EXIT_USAGE
-from ._output import EXIT_WRONG as EXIT_WRONG
+from jaxcheck._engine.doors.gradient import check as run_check  # noqa: F401
+from jaxcheck.cli._commands import main as main
+from jaxcheck.cli._output import EXIT_CORRECT as EXIT_CORRECT
+from jaxcheck.cli._output import EXIT_CRASH as EXIT_CRASH
+from jaxcheck.cli._output import EXIT_INTERRUPTED as EXIT_INTERRUPTED
+from jaxcheck.cli._output import EXIT_USAGE as EXIT_USAGE
+from jaxcheck.cli._output import EXIT_WRONG as EXIT_WRONG
 
 __all__ = ["main"]

@@ -15,11 +15,9 @@ from types import ModuleType
 from typing import Any, TextIO
 
 import jaxcheck
-
-from .. import demo
-from ..errors import JaxcheckError
-from ._load import layer_args, load_dout, load_function, load_params, positional_names
-from ._output import (
+from jaxcheck import demo
+from jaxcheck.cli._load import layer_args, load_dout, load_function, load_params, positional_names
+from jaxcheck.cli._output import (
     EXIT_CORRECT,
     EXIT_CRASH,
     EXIT_HINT,
@@ -36,7 +34,8 @@ from ._output import (
     wants_json,
     write,
 )
-from ._parser import build_parser, version
+from jaxcheck.cli._parser import build_parser, version
+from jaxcheck.errors import JaxcheckError
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,7 +54,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_check(args: argparse.Namespace) -> Any:
     # Looked up on each call, through the package: tests replace jaxcheck.cli.run_check.
-    from . import run_check
+    from jaxcheck.cli import run_check
 
     with contextlib.ExitStack() as stack:
         modules: dict[str, ModuleType] = {}

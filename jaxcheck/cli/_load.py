@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._output import UsageError, under, user_traceback
+from jaxcheck.cli._output import UsageError, under, user_traceback
 
 _module_counter = itertools.count()
 

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from ..errors import JaxcheckError, PortError
+from jaxcheck.errors import JaxcheckError, PortError
 
 #: Exit codes: the gradient is correct / wrong / the input is unusable / jaxcheck itself crashed /
 #: interrupted (Ctrl-C).

@@ -12,8 +12,7 @@ from importlib import metadata
 from typing import Any
 
 import jaxcheck
-
-from ._output import UsageError
+from jaxcheck.cli._output import UsageError
 
 _METHODS = ("full", "sample", "directional")
 

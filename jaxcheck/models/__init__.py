@@ -6,9 +6,9 @@ it breaks: ``make(name)`` builds a :class:`Model`, whose ``bugs`` each declare t
 
 from __future__ import annotations
 
-from ._base import Bug as Bug
-from ._base import Model as Model
-from ._zoo import make as make
-from ._zoo import names as names
+from jaxcheck.models._base import Bug as Bug
+from jaxcheck.models._base import Model as Model
+from jaxcheck.models._zoo import make as make
+from jaxcheck.models._zoo import names as names
 
 __all__ = ["Bug", "Model", "make", "names"]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import Model, bug_table, normal, relu, require, to_jax, with_bug
+from jaxcheck.models._base import Model, bug_table, normal, relu, require, to_jax, with_bug
 
 _EPS = 1e-5
 

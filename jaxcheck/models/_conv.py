@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import Model, bug_table, normal, require, to_jax, with_bug
+from jaxcheck.models._base import Model, bug_table, normal, require, to_jax, with_bug
 
 
 def conv1d(

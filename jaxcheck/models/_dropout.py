@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import Model, bug_table, normal, require, to_jax, with_bug
+from jaxcheck.models._base import Model, bug_table, normal, require, to_jax, with_bug
 
 _SIZES = (4, 5, 3, 1)  # the lesson's gradient_check_n_test_case: W1 (5, 4) ... b3 (1, 1)
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import (
+from jaxcheck.models._base import (
     Model,
     bce_with_logits,
     bce_with_logits_jax,
@@ -20,8 +20,8 @@ from ._base import (
     require,
     with_bug,
 )
-from ._base import sigmoid as _sigmoid
-from ._base import to_jax as _to_jax
+from jaxcheck.models._base import sigmoid as _sigmoid
+from jaxcheck.models._base import to_jax as _to_jax
 
 
 def logistic_regression(

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import (
+from jaxcheck.models._base import (
     Model,
     bce_with_logits,
     bce_with_logits_jax,

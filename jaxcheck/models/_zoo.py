@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Model
-from ._batchnorm import batchnorm
-from ._conv import conv1d
-from ._dropout import dropout_lesson
-from ._linear import logistic_regression, softmax_regression
-from ._mlp import l2_mlp, relu_mlp, tanh_mlp
+from jaxcheck.models._base import Model
+from jaxcheck.models._batchnorm import batchnorm
+from jaxcheck.models._conv import conv1d
+from jaxcheck.models._dropout import dropout_lesson
+from jaxcheck.models._linear import logistic_regression, softmax_regression
+from jaxcheck.models._mlp import l2_mlp, relu_mlp, tanh_mlp
 
 _BUILDERS: dict[str, Callable[..., Model]] = {
     builder.__name__: builder

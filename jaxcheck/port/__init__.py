@@ -15,13 +15,13 @@ from typing import Any
 
 import jax
 
-from ..errors import PortError
-from . import _isolate as isolate
-from ._errors import describe, innermost_ported_frame, not_python_message, port_error
-from ._errors import runtime_message as _runtime_message
-from ._runtime import call as _call
-from ._runtime import ported as _ported
-from ._user import is_user_function as is_user_function
+from jaxcheck.errors import PortError
+from jaxcheck.port import _isolate as isolate
+from jaxcheck.port._errors import describe, innermost_ported_frame, not_python_message, port_error
+from jaxcheck.port._errors import runtime_message as _runtime_message
+from jaxcheck.port._runtime import call as _call
+from jaxcheck.port._runtime import ported as _ported
+from jaxcheck.port._user import is_user_function as is_user_function
 
 __all__ = ["port"]
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import jax
 
-from ..errors import PortError
-from . import _dispatch as dispatch
-from . import _source as source
-from ._runtime import CALLEE, QUALNAMES, Overlay
+from jaxcheck.errors import PortError
+from jaxcheck.port import _dispatch as dispatch
+from jaxcheck.port import _source as source
+from jaxcheck.port._runtime import CALLEE, QUALNAMES, Overlay
 
 ADVICE = (
     "Pass `jax_cost=` to `jc.check` (a JAX version of your cost, written with jax.numpy) "

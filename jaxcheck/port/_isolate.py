@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._user import is_user_class
+from jaxcheck.port._user import is_user_class
 
 # How deep below a root containers are snapshotted, and how many at most in one run.
 MAX_DEPTH = 3

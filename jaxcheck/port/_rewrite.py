@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._scopes import FunctionScope, resolve
+from jaxcheck.port._scopes import FunctionScope, resolve
 
 # The names the rewritten code uses; the ported functions' globals provide them.
 CALL = "__jaxcheck_call__"

@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import PortWarning
-from . import _dispatch as dispatch
-from . import _isolate as isolate
-from . import _rewrite as rewrite
-from . import _source as source
-from ._user import is_user_class, is_user_function, is_user_module
+from jaxcheck.errors import PortWarning
+from jaxcheck.port import _dispatch as dispatch
+from jaxcheck.port import _isolate as isolate
+from jaxcheck.port import _rewrite as rewrite
+from jaxcheck.port import _source as source
+from jaxcheck.port._user import is_user_class, is_user_function, is_user_module
 
 CALLEE = "__jaxcheck_callee__"  # set on an exception raised by a library function given JAX values
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from ._rewrite import Rewriter
+from jaxcheck.port._rewrite import Rewriter
 
 # nested_scopes shares its flag with CO_NESTED, which is no future import.
 FUTURE_FLAGS = functools.reduce(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from jaxcheck.errors import InputError
 
 __all__ = ["METHODS", "TWIN_MODES", "Options"]
 

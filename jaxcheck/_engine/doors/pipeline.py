@@ -1,6 +1,6 @@
 """One check, stage by stage: plan → evaluate → judge → report, for a prepared system.
 
-:func:`run` takes a :class:`~jaxcheck.system.System` and the :class:`~jaxcheck.options.Options`
+:func:`run` takes a :class:`~jaxcheck._engine.system.prepare.System` and the :class:`~jaxcheck._engine.options.Options`
 and returns the :class:`~jaxcheck.Report`; every entry point (``check``, ``check_layer``,
 ``check_rule``, ``jaxcheck.torch``) prepares its system and calls it.
 """
@@ -13,10 +13,14 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from . import verdict as vd
-from .errors import InputError, JaxcheckError, PortError
-from .finite_differences import Evaluation, evaluate
-from .judge import (
+from jaxcheck._engine.evaluate.finite_differences import Evaluation, evaluate
+from jaxcheck._engine.evaluate.numpy_differences import evaluate_numpy
+from jaxcheck._engine.evaluate.plan import Group, coordinate_probes, plan
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import System, check_twin, rerun
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck._engine.verdict.classify import Status
+from jaxcheck._engine.verdict.evidence import (
     MAX_REFINE,
     Evidence,
     classes_of,
@@ -25,14 +29,10 @@ from .judge import (
     leaf_tolerance,
     refinement,
 )
-from .kinks import joint_kink_test
-from .numpy_differences import evaluate_numpy
-from .options import Options
-from .plan import Group, coordinate_probes, plan
-from .report import Report
-from .summary import leaf_report
-from .system import System, check_twin, rerun
-from .verdict import Status
+from jaxcheck._engine.verdict.kinks import joint_kink_test
+from jaxcheck._engine.verdict.sentences import leaf_report
+from jaxcheck.errors import InputError, JaxcheckError, PortError
+from jaxcheck.report import Report
 
 __all__ = ["run"]
 

@@ -16,13 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._rule_report import RuleReport
-from .errors import InputError, JaxcheckError, ReimplementationError, user_code_error
-from .options import Options
-from .pipeline import run
-from .report import Report
-from .system import prepare
-from .verdict import epsilon
+from jaxcheck._engine.doors.pipeline import run
+from jaxcheck._engine.doors.rule_report import RuleReport
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import prepare
+from jaxcheck._engine.verdict.classify import epsilon
+from jaxcheck.errors import InputError, JaxcheckError, ReimplementationError, user_code_error
+from jaxcheck.report import Report
 
 __all__ = ["EXPECTATIONS", "check_rule"]
 

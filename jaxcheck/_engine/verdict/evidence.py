@@ -3,7 +3,7 @@
 Every entry is judged backprop vs autodiff; finite differences decide where those two disagree
 (every method probes each disagreeing entry itself, so the verdict never depends on the method)
 and check the twin where they agree. Entries accepted one at a time as subgradients at a kink
-are then tested jointly (:mod:`jaxcheck.kinks`).
+are then tested jointly (:mod:`jaxcheck._engine.verdict.kinks`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import verdict as vd
-from .finite_differences import Evaluation, Probe
-from .plan import Group, coordinate_probes, default_step
-from .verdict import Opinions, Status, Tolerance
+from jaxcheck._engine.evaluate.finite_differences import Evaluation, Probe
+from jaxcheck._engine.evaluate.plan import Group, coordinate_probes, default_step
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck._engine.verdict.classify import Opinions, Status, Tolerance
 
 __all__ = ["Evidence", "MAX_REFINE", "collect", "leaf_status", "leaf_tolerance", "refinement"]
 

@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import verdict as vd
-from ._products import SUMS, Chunk
-from .report import LeafReport, Report
-from .system import System
-from .verdict import Status
+from jaxcheck._engine.evaluate.products import SUMS, Chunk
+from jaxcheck._engine.system.prepare import System
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck._engine.verdict.classify import Status
+from jaxcheck.report import LeafReport, Report
 
 __all__ = ["MAX_KINKS", "HvpReport", "_Tally", "_report"]
 
 if TYPE_CHECKING:
-    from .second_order import _Directions, _Product
+    from jaxcheck._engine.doors.product import _Directions, _Product
 
 #: Most kink entries listed per leaf.
 MAX_KINKS = 1000

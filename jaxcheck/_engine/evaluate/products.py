@@ -2,7 +2,7 @@
 vmapped over a chunk of directions, and a first screening of every entry on the device.
 
 Only entries the screen cannot call correct come back to the host to be judged one by one
-(:mod:`jaxcheck.second_order`), so a full Hessian of tens of thousands of parameters costs a few
+(:mod:`jaxcheck._engine.doors.product`), so a full Hessian of tens of thousands of parameters costs a few
 reductions per entry, not a pass of NumPy code.
 """
 
@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import verdict as vd
-from .errors import InputError, JaxcheckError
-from .finite_differences import default_memory_budget
-from .programs import FAST_COMPILE_OPTIONS
-from .system import System, check_twin
-from .twin import Twin, cost_and_terms
+from jaxcheck._engine.evaluate.finite_differences import default_memory_budget
+from jaxcheck._engine.evaluate.programs import FAST_COMPILE_OPTIONS
+from jaxcheck._engine.system.prepare import System, check_twin
+from jaxcheck._engine.system.twin import Twin, cost_and_terms
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck.errors import InputError, JaxcheckError
 
 __all__ = ["Chunk", "Products", "SUMS", "rounding"]
 
@@ -380,7 +380,7 @@ def _screen(
 ) -> tuple[Any, ...]:
     """Per entry, whether the three opinions certainly agree; per leaf, sums and maxima.
 
-    An entry passes the screen where :func:`jaxcheck.verdict.classify` would call it ``ok``
+    An entry passes the screen where :func:`jaxcheck._engine.verdict.classify.classify` would call it ``ok``
     from the first evaluation (at ±h, rounding error only): the user's product agrees with the
     exact one, finite differences agree with it within their error, and are precise. Every other
     entry is flagged and judged on the host. ``owner`` holds each entry's leaf.

@@ -2,9 +2,9 @@
 
 One program per probe layout, built over the traced twin and cached on its structural key (a
 new closure of the same code and shapes compiles nothing) and on disk
-(:mod:`jaxcheck.compile_cache`). Each probe group is vmapped over its perturbations and walked
+(:mod:`jaxcheck._engine.evaluate.compile_cache`). Each probe group is vmapped over its perturbations and walked
 in batches with ``lax.map``; with several devices, or processes, each batch is split across them
-with ``shard_map`` (:mod:`jaxcheck.distributed`).
+with ``shard_map`` (:mod:`jaxcheck._engine.evaluate.processes`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import distributed
-from ._incremental import perturbed_cost
-from .compile_cache import load_or_compile
-from .twin import Twin, cost_and_terms
+from jaxcheck._engine.evaluate import processes as distributed
+from jaxcheck._engine.evaluate.compile_cache import load_or_compile
+from jaxcheck._engine.evaluate.incremental import perturbed_cost
+from jaxcheck._engine.system.twin import Twin, cost_and_terms
 
 __all__ = [
     "FAST_COMPILE_OPTIONS",
@@ -102,7 +102,7 @@ def _tick(*_: Any) -> None:
 class _Program:
     """A jitted program and its compiled executables, one per set of input shapes.
 
-    Executables come from the disk cache (:mod:`jaxcheck.compile_cache`) when it has them; a
+    Executables come from the disk cache (:mod:`jaxcheck._engine.evaluate.compile_cache`) when it has them; a
     program that calls back to the host (the progress bar) is compiled in memory only.
     """
 

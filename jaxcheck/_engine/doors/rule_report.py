@@ -6,8 +6,8 @@ import dataclasses
 import re
 from typing import Any
 
-from .report import Report
-from .verdict import Status
+from jaxcheck._engine.verdict.classify import Status
+from jaxcheck.report import Report
 
 __all__ = ["RuleReport"]
 

@@ -15,10 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._tree import flatten_params, scalar_cost
-from .check import check
-from .errors import GradientError, InputError, JaxcheckError, user_code_error
-from .report import Report
+from jaxcheck._engine.doors.gradient import check
+from jaxcheck._engine.system.params import flatten_params, scalar_cost
+from jaxcheck.errors import GradientError, InputError, JaxcheckError, user_code_error
+from jaxcheck.report import Report
 
 __all__ = ["assert_object", "check_object"]
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .finite_differences import INCREMENTAL_MIN_SIZE, Probe
-from .options import Options
+from jaxcheck._engine.evaluate.finite_differences import INCREMENTAL_MIN_SIZE, Probe
+from jaxcheck._engine.options import Options
+from jaxcheck.errors import InputError
 
 __all__ = ["Group", "SMALL_CHECK", "coordinate_probes", "default_step", "plan"]
 

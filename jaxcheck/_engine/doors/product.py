@@ -16,15 +16,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import verdict as vd
-from ._hvp_report import HvpReport, _report, _Tally
-from ._products import Products, rounding
-from ._tree import Leaves, match_gradient
-from .errors import InputError, JaxcheckError, NondeterminismError, user_code_error
-from .options import Options
-from .report import Report
-from .system import System, prepare
-from .verdict import Opinions, Tolerance
+from jaxcheck._engine.doors.product_report import HvpReport, _report, _Tally
+from jaxcheck._engine.evaluate.products import Products, rounding
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.params import Leaves, match_gradient
+from jaxcheck._engine.system.prepare import System, prepare
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck._engine.verdict.classify import Opinions, Tolerance
+from jaxcheck.errors import InputError, JaxcheckError, NondeterminismError, user_code_error
+from jaxcheck.report import Report
 
 __all__ = ["DEFAULT_DIRECTIONS", "FULL_HESSIAN_MAX", "KINDS", "HvpReport", "check_hvp"]
 
@@ -362,7 +362,7 @@ def _judge_chunk(
     """Judges one chunk: the screen's sums for every entry, one by one for the flagged ones.
 
     Flagged entries (at most :data:`MAX_JUDGED` per leaf, those furthest from the exact product
-    first) get :func:`jaxcheck.verdict.classify`, with the gradient at ±2h for their
+    first) get :func:`jaxcheck._engine.verdict.classify.classify`, with the gradient at ±2h for their
     directions; any others are counted by the user's product against the exact one alone.
     """
     steps = products.steps(vectors)

@@ -1,8 +1,8 @@
 """The three-way gradient check of a NumPy cost and its hand-written gradient.
 
 :func:`check` returns a :class:`~jaxcheck.Report`; :func:`assert_gradients` raises on a wrong one.
-Both prepare the system under test (:mod:`jaxcheck.system`) and run the pipeline
-(:mod:`jaxcheck.pipeline`).
+Both prepare the system under test (:mod:`jaxcheck._engine.system.prepare`) and run the pipeline
+(:mod:`jaxcheck._engine.doors.pipeline`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import GradientError
-from .options import Options
-from .pipeline import run
-from .report import Report
-from .system import prepare
+from jaxcheck._engine.doors.pipeline import run
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import prepare
+from jaxcheck.errors import GradientError
+from jaxcheck.report import Report
 
 __all__ = ["assert_gradients", "check"]
 

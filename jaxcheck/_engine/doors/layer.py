@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._layer import JAX_FORWARD_HINT, Layer, require_callable
-from .check import check
-from .errors import (
+from jaxcheck._engine.doors.gradient import check
+from jaxcheck._engine.doors.object import left_as_found
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.layer import JAX_FORWARD_HINT, Layer, require_callable
+from jaxcheck.errors import (
     GradientError,
     InputError,
     PortError,
 )
-from .objects import left_as_found
-from .options import Options
-from .report import Report
+from jaxcheck.report import Report
 
 __all__ = ["assert_layer", "check_layer"]
 

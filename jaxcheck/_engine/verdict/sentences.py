@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import verdict as vd
-from .judge import Evidence
-from .report import LeafReport
-from .verdict import Status, Tolerance
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck._engine.verdict.classify import Status, Tolerance
+from jaxcheck._engine.verdict.evidence import Evidence
+from jaxcheck.report import LeafReport
 
 __all__ = ["leaf_report"]
 

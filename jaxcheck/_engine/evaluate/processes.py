@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .errors import InputError, NondeterminismError
+from jaxcheck.errors import InputError, NondeterminismError
 
 __all__ = [
     "AXIS",

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ._tree import Leaves, scalar_cost
-from .finite_differences import Evaluation
-from .plan import Group
-from .system import call_user
+from jaxcheck._engine.evaluate.finite_differences import Evaluation
+from jaxcheck._engine.evaluate.plan import Group
+from jaxcheck._engine.system.params import Leaves, scalar_cost
+from jaxcheck._engine.system.prepare import call_user
 
 __all__ = ["evaluate_numpy"]
 

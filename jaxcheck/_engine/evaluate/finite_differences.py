@@ -5,7 +5,7 @@ everything upstream of it is computed once) or several small leaves together (on
 program for all of them, so a model with hundreds of small leaves compiles one program, not
 hundreds). Here: what to perturb (:class:`Probe`), batch sizes from a memory budget, and the
 values that come back (:class:`Evaluation`); the programs themselves are in
-:mod:`jaxcheck.programs`.
+:mod:`jaxcheck._engine.evaluate.programs`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import distributed
-from ._incremental import perturbed_cost
-from .compile_cache import enabled
-from .programs import fast, group_cost, program, progress_bar
-from .twin import Twin
+from jaxcheck._engine.evaluate import processes as distributed
+from jaxcheck._engine.evaluate.compile_cache import enabled
+from jaxcheck._engine.evaluate.incremental import perturbed_cost
+from jaxcheck._engine.evaluate.programs import fast, group_cost, program, progress_bar
+from jaxcheck._engine.system.twin import Twin
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
@@ -127,7 +127,7 @@ def default_memory_budget(devices: Sequence[Any] | None = None) -> int:
 
 
 def uses_incremental(probe: Probe, leaves: Sequence[Any], incremental: bool | None) -> bool:
-    """Whether a probe group is evaluated incrementally (see :mod:`jaxcheck._incremental`)."""
+    """Whether a probe group is evaluated incrementally (see :mod:`jaxcheck._engine.evaluate.incremental`)."""
     if incremental is False or probe.kind != "coordinate" or len(probe.leaves) != 1:
         return False
     return incremental is True or int(np.size(leaves[probe.leaves[0]])) >= INCREMENTAL_MIN_SIZE
@@ -340,12 +340,12 @@ def evaluate(
         devices: devices to split each batch over; ``None``: all of ``jax.devices()``.
         incremental: evaluate large leaves incrementally; ``None``: from 64 entries up, False:
             every perturbed point from scratch.
-        cache: keep compiled programs on disk (:mod:`jaxcheck.compile_cache`); ``None``: unless
+        cache: keep compiled programs on disk (:mod:`jaxcheck._engine.evaluate.compile_cache`); ``None``: unless
             ``JAXCHECK_NO_CACHE=1``.
 
     Returns:
         ``(cost at θ, the largest sum of magnitudes among the twin's intermediates at θ (see
-        :func:`jaxcheck.twin.cost_and_terms`), gradient leaves or None, one Evaluation per
+        :func:`jaxcheck._engine.system.twin.cost_and_terms`), gradient leaves or None, one Evaluation per
         probe)``.
     """
     probes = [p for p in probes if p.count > 0]

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import InputError
+from jaxcheck.errors import InputError
 
 __all__ = ["Leaves", "flatten_params", "match_gradient", "path_to_str", "scalar_cost"]
 

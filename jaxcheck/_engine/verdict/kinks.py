@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import verdict as vd
-from .finite_differences import Evaluation, Probe
-from .judge import Evidence
-from .plan import Group, default_step
-from .verdict import Tolerance
+from jaxcheck._engine.evaluate.finite_differences import Evaluation, Probe
+from jaxcheck._engine.evaluate.plan import Group, default_step
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck._engine.verdict.classify import Tolerance
+from jaxcheck._engine.verdict.evidence import Evidence
 
 __all__ = ["MAX_KINKS", "NEIGHBOURS", "RANDOM_PATTERNS", "joint_kink_test"]
 

@@ -66,17 +66,11 @@ def directory() -> Path:
 @functools.cache
 def _engine_digest() -> str:
     """A digest of the code that builds the programs: a changed jaxcheck never loads old ones."""
-    here = Path(__file__).parent
+    engine = Path(__file__).parent.parent  # jaxcheck/_engine: every stage that shapes a program
     digest = hashlib.sha256()
-    for name in (
-        "finite_differences.py",
-        "programs.py",
-        "_incremental.py",
-        "twin.py",
-        "compile_cache.py",
-        "distributed.py",
-    ):
-        digest.update((here / name).read_bytes())
+    for path in sorted(engine.rglob("*.py")):
+        digest.update(path.relative_to(engine).as_posix().encode() + b"\x00")
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

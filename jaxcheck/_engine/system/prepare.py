@@ -14,8 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._tree import Leaves, flatten_params, match_gradient, scalar_cost
-from .errors import (
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.params import Leaves, flatten_params, match_gradient, scalar_cost
+from jaxcheck._engine.system.twin import Twin, output_dtype, trace
+from jaxcheck._engine.verdict.classify import epsilon
+from jaxcheck.errors import (
     InputError,
     JaxcheckError,
     NondeterminismError,
@@ -23,9 +26,6 @@ from .errors import (
     ReimplementationError,
     user_code_error,
 )
-from .options import Options
-from .twin import Twin, output_dtype, trace
-from .verdict import epsilon
 
 __all__ = ["System", "check_twin", "prepare"]
 
@@ -288,7 +288,7 @@ def _twin(
     if jax_cost is not None:
         fn, kind = jax_cost, "given"
     else:
-        from .port import port
+        from jaxcheck.port import port
 
         try:
             fn, kind = port(cost), "ported"

@@ -13,12 +13,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import verdict as vd
-from .errors import InputError
-from .finite_differences import evaluate
-from .options import Options
-from .plan import default_step, plan
-from .system import check_twin, prepare
+from jaxcheck._engine.evaluate.finite_differences import evaluate
+from jaxcheck._engine.evaluate.plan import default_step, plan
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import check_twin, prepare
+from jaxcheck._engine.verdict import classify as vd
+from jaxcheck.errors import InputError
 
 __all__ = ["StepSweep", "step_sweep"]
 
@@ -50,7 +50,7 @@ class StepSweep:
 
     def plot(self, ax: Any = None) -> Any:
         """A log-log plot of both differences against the step; returns the figure."""
-        from .plotting import plot_step_sweep
+        from jaxcheck.plotting import plot_step_sweep
 
         return plot_step_sweep(
             self.steps,

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from jaxcheck._engine.doors.object import describe, is_float_array
+from jaxcheck.errors import (
     InputError,
     JaxcheckError,
     NondeterminismError,
     user_code_error,
 )
-from .objects import describe, is_float_array
 
 __all__ = ["JAX_FORWARD_HINT", "Layer", "require_callable"]
 

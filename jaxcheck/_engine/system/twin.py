@@ -29,7 +29,7 @@ def scalar_of(value: Any) -> jax.Array:
         value = value[0]
     value = jnp.asarray(value)
     if value.size != 1:
-        from .errors import InputError
+        from jaxcheck.errors import InputError
 
         raise InputError(
             f"jax_cost(params) returned an array of shape {value.shape}; expected the scalar "
@@ -70,7 +70,7 @@ def _interpret(
     seen: Callable[[Any, Any], None] | None = None,
 ) -> Any:
     """Evaluates ``jaxpr`` equation by equation; ``seen(var, value)`` watches each result."""
-    from ._incremental import bind
+    from jaxcheck._engine.evaluate.incremental import bind
 
     env: dict[Any, Any] = {}
 
