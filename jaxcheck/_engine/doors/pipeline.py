@@ -1,6 +1,7 @@
 """One check, stage by stage: plan → evaluate → judge → report, for a prepared system.
 
-:func:`run` takes a :class:`~jaxcheck._engine.system.prepare.System` and the :class:`~jaxcheck._engine.options.Options`
+:func:`run` takes a :class:`~jaxcheck._engine.system.prepare.System` and the
+:class:`~jaxcheck._engine.options.Options`
 and returns the :class:`~jaxcheck.Report`; every entry point (``check``, ``check_layer``,
 ``check_rule``, ``jaxcheck.torch``) prepares its system and calls it.
 """

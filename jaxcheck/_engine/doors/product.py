@@ -362,7 +362,8 @@ def _judge_chunk(
     """Judges one chunk: the screen's sums for every entry, one by one for the flagged ones.
 
     Flagged entries (at most :data:`MAX_JUDGED` per leaf, those furthest from the exact product
-    first) get :func:`jaxcheck._engine.verdict.classify.classify`, with the gradient at ±2h for their
+    first) get :func:`jaxcheck._engine.verdict.classify.classify`, with the gradient at ±2h for
+    their
     directions; any others are counted by the user's product against the exact one alone.
     """
     steps = products.steps(vectors)

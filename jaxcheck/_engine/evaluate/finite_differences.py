@@ -127,7 +127,8 @@ def default_memory_budget(devices: Sequence[Any] | None = None) -> int:
 
 
 def uses_incremental(probe: Probe, leaves: Sequence[Any], incremental: bool | None) -> bool:
-    """Whether a probe group is evaluated incrementally (see :mod:`jaxcheck._engine.evaluate.incremental`)."""
+    """Whether a probe group is evaluated incrementally (see
+    :mod:`jaxcheck._engine.evaluate.incremental`)."""
     if incremental is False or probe.kind != "coordinate" or len(probe.leaves) != 1:
         return False
     return incremental is True or int(np.size(leaves[probe.leaves[0]])) >= INCREMENTAL_MIN_SIZE
@@ -340,12 +341,14 @@ def evaluate(
         devices: devices to split each batch over; ``None``: all of ``jax.devices()``.
         incremental: evaluate large leaves incrementally; ``None``: from 64 entries up, False:
             every perturbed point from scratch.
-        cache: keep compiled programs on disk (:mod:`jaxcheck._engine.evaluate.compile_cache`); ``None``: unless
+        cache: keep compiled programs on disk (:mod:`jaxcheck._engine.evaluate.compile_cache`);
+        ``None``: unless
             ``JAXCHECK_NO_CACHE=1``.
 
     Returns:
         ``(cost at θ, the largest sum of magnitudes among the twin's intermediates at θ (see
-        :func:`jaxcheck._engine.system.twin.cost_and_terms`), gradient leaves or None, one Evaluation per
+        :func:`jaxcheck._engine.system.twin.cost_and_terms`), gradient leaves or None, one
+        Evaluation per
         probe)``.
     """
     probes = [p for p in probes if p.count > 0]

@@ -2,7 +2,8 @@
 vmapped over a chunk of directions, and a first screening of every entry on the device.
 
 Only entries the screen cannot call correct come back to the host to be judged one by one
-(:mod:`jaxcheck._engine.doors.product`), so a full Hessian of tens of thousands of parameters costs a few
+(:mod:`jaxcheck._engine.doors.product`), so a full Hessian of tens of thousands of parameters costs
+a few
 reductions per entry, not a pass of NumPy code.
 """
 
@@ -380,7 +381,8 @@ def _screen(
 ) -> tuple[Any, ...]:
     """Per entry, whether the three opinions certainly agree; per leaf, sums and maxima.
 
-    An entry passes the screen where :func:`jaxcheck._engine.verdict.classify.classify` would call it ``ok``
+    An entry passes the screen where :func:`jaxcheck._engine.verdict.classify.classify` would call
+    it ``ok``
     from the first evaluation (at ±h, rounding error only): the user's product agrees with the
     exact one, finite differences agree with it within their error, and are precise. Every other
     entry is flagged and judged on the host. ``owner`` holds each entry's leaf.

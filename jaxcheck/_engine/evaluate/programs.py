@@ -2,7 +2,8 @@
 
 One program per probe layout, built over the traced twin and cached on its structural key (a
 new closure of the same code and shapes compiles nothing) and on disk
-(:mod:`jaxcheck._engine.evaluate.compile_cache`). Each probe group is vmapped over its perturbations and walked
+(:mod:`jaxcheck._engine.evaluate.compile_cache`). Each probe group is vmapped over its
+perturbations and walked
 in batches with ``lax.map``; with several devices, or processes, each batch is split across them
 with ``shard_map`` (:mod:`jaxcheck._engine.evaluate.processes`).
 """
@@ -102,7 +103,8 @@ def _tick(*_: Any) -> None:
 class _Program:
     """A jitted program and its compiled executables, one per set of input shapes.
 
-    Executables come from the disk cache (:mod:`jaxcheck._engine.evaluate.compile_cache`) when it has them; a
+    Executables come from the disk cache (:mod:`jaxcheck._engine.evaluate.compile_cache`) when it
+    has them; a
     program that calls back to the host (the progress bar) is compiled in memory only.
     """
 
