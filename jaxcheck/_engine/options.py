@@ -45,6 +45,7 @@ class Options:
     incremental: bool | None = None
     twin: str = "auto"
     cache: bool | None = None
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -72,7 +73,7 @@ class Options:
             or self.seed < 0
         ):
             raise InputError(f"seed={self.seed!r}: expected a non-negative integer.")
-        for name in ("progress", "incremental", "cache"):
+        for name in ("progress", "incremental", "cache", "compile"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, (bool, np.bool_)):
                 raise InputError(f"{name}={value!r}: expected True, False or None.")

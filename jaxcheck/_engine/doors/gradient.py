@@ -39,6 +39,7 @@ def check(
     incremental: bool | None = None,
     twin: str = "auto",
     cache: bool | None = None,
+    compile: bool | None = None,
 ) -> Report:
     """Checks a hand-written gradient three ways and says who is wrong, leaf by leaf.
 
@@ -91,6 +92,9 @@ def check(
         cache: keep compiled programs on disk, so a fresh process re-running the same check
             compiles nothing (``$JAXCHECK_CACHE_DIR``, else ``~/.cache/jaxcheck``); ``None``:
             on unless the environment sets ``JAXCHECK_NO_CACHE=1``.
+        compile: ``True`` compiles one program for the check; ``None`` (default) evaluates
+            small checks with NumPy instead, one call per operation of the traced twin, which
+            takes less time than compiling them; ``False`` does so whatever the size.
 
     Returns:
         The :class:`~jaxcheck.Report`; ``report.ok`` is the verdict.
@@ -131,6 +135,7 @@ def check(
         incremental=incremental,
         twin=twin,
         cache=cache,
+        compile=compile,
     )
     system = prepare(cost, grad, params, jax_cost, options)
     return run(system, options, start=start)

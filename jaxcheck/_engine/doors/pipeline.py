@@ -73,6 +73,7 @@ class _Evaluator:
                 devices=o.devices,
                 incremental=o.incremental,
                 cache=o.cache,
+                compile=o.compile,
             )
         except JaxcheckError:
             raise

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcheck._engine.evaluate import eager
 from jaxcheck._engine.evaluate import processes as distributed
 from jaxcheck._engine.evaluate.compile_cache import enabled
 from jaxcheck._engine.evaluate.incremental import perturbed_cost
@@ -324,6 +325,7 @@ def evaluate(
     devices: Sequence[Any] | None = None,
     incremental: bool | None = None,
     cache: bool | None = None,
+    compile: bool | None = None,
 ) -> tuple[float, float, list[np.ndarray] | None, list[Evaluation]]:
     """Evaluates the twin at θ and at every perturbed point the probes ask for.
 
@@ -344,6 +346,9 @@ def evaluate(
         cache: keep compiled programs on disk (:mod:`jaxcheck._engine.evaluate.compile_cache`);
         ``None``: unless
             ``JAXCHECK_NO_CACHE=1``.
+        compile: ``True`` always compiles the program; ``None`` evaluates small checks with
+            NumPy instead (:mod:`jaxcheck._engine.evaluate.eager`), which is faster than
+            compiling them; ``False`` does so whenever the twin allows, whatever its size.
 
     Returns:
         ``(cost at θ, the largest sum of magnitudes among the twin's intermediates at θ (see
@@ -352,6 +357,15 @@ def evaluate(
         probe)``.
     """
     probes = [p for p in probes if p.count > 0]
+    if _interpretable(
+        twin, leaves, probes, compile, batch_size, memory_budget, devices, incremental
+    ):
+        try:
+            return _evaluate_eager(twin, leaves, probes, with_gradient)
+        except Exception as err:  # noqa: BLE001 - the compiled program is the reference
+            _LOG.debug(
+                "jaxcheck: compiling instead of interpreting (%s: %s)", type(err).__name__, err
+            )
     b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
     devices, sizes = b.devices, b.sizes
     modes = [inc for *_, inc in b.layout]
@@ -404,4 +418,77 @@ def evaluate(
             evaluations.append(
                 Evaluation(up, down, s_up, s_down, None, None, proj_ad, proj_bp, size)
             )
+    return value, terms, gradient, evaluations
+
+
+def _evals(probe: Probe) -> int:
+    return 4 if probe.kind == "coordinate" and probe.double else 2
+
+
+def _interpretable(
+    twin: Twin,
+    leaves: Sequence[np.ndarray],
+    probes: Sequence[Probe],
+    compile: bool | None,
+    *explicit: Any,
+) -> bool:
+    """Whether the check is evaluated with NumPy (:mod:`jaxcheck._engine.evaluate.eager`).
+
+    Not when compiling is asked for, when batches, memory, devices or the incremental evaluator
+    were chosen by hand (they describe a compiled program), across processes, for random
+    directions (drawn by JAX inside the program), or, unless ``compile=False``, past
+    :data:`~jaxcheck._engine.evaluate.eager.MAX_WORK`.
+    """
+    if compile is True or any(e is not None for e in explicit) or jax.process_count() > 1:
+        return False
+    if any(p.kind == "direction" for p in probes) or not eager.supports(twin.jaxpr):
+        return False
+    if compile is False:
+        return True
+    points = sum(p.count * _evals(p) for p in probes) + 3  # + cost, gradient, terms
+    return points * eager.work(twin.jaxpr) <= eager.MAX_WORK
+
+
+def _evaluate_eager(
+    twin: Twin, leaves: Sequence[np.ndarray], probes: Sequence[Probe], with_gradient: bool
+) -> tuple[float, float, list[np.ndarray] | None, list[Evaluation]]:
+    """:func:`evaluate`, with NumPy: the same values, up to each operation's last bits."""
+    gradient = eager.gradient(twin, leaves) if with_gradient else None
+    value, terms = eager.cost_and_terms(twin, leaves)
+    evaluations = []
+    for probe in probes:
+        if probe.kind == "vector":
+            vectors = np.asarray(probe.vectors, np.float64)
+            values = eager.perturbed(
+                twin, leaves, probe.leaves, np.concatenate([vectors, -vectors])
+            )
+            up, down = np.split(values, 2)
+            ones = np.ones(probe.count)
+            evaluations.append(
+                Evaluation(up, down, ones, ones, None, None, None, None, probe.count)
+            )
+            continue
+        coords = np.asarray(probe.coords, np.int64)
+        both, steps = (
+            np.concatenate([coords, coords]),
+            np.concatenate([probe.step_up, -probe.step_down]),
+        )
+        if probe.double:
+            both, steps = np.concatenate([both, both]), np.concatenate([steps, 2 * steps])
+        values = eager.perturbed(twin, leaves, probe.leaves, (both, steps))
+        parts = np.split(values, _evals(probe))
+        up2, down2 = (parts[2], parts[3]) if probe.double else (None, None)
+        evaluations.append(
+            Evaluation(
+                parts[0],
+                parts[1],
+                probe.step_up,
+                probe.step_down,
+                up2,
+                down2,
+                None,
+                None,
+                probe.count,
+            )
+        )
     return value, terms, gradient, evaluations
