@@ -35,22 +35,25 @@ def _regression(seed: int, n: int = 5, m: int = 12):
 def test_two_closures_with_other_data_share_one_program_and_get_their_own_verdicts():
     cost_a, grad_a, params_a, _ = _regression(1)
     cost_b, grad_b, params_b, _ = _regression(2)
-    jc.check(cost_a, grad_a, params_a)  # compiles the program for this code and these shapes
+    # compile=True: small checks are otherwise evaluated with NumPy, compiling nothing at all
+    jc.check(cost_a, grad_a, params_a, compile=True)  # compiles for this code and these shapes
     before = compile_cache.stats["compiled"] + compile_cache.stats["loaded"]
-    good = jc.check(cost_b, grad_b, params_b)
-    bad = jc.check(cost_b, lambda p: {**grad_b(p), "b": 2 * grad_b(p)["b"]}, params_b)
+    good = jc.check(cost_b, grad_b, params_b, compile=True)
+    wrong = lambda p: {**grad_b(p), "b": 2 * grad_b(p)["b"]}  # noqa: E731
+    bad = jc.check(cost_b, wrong, params_b, compile=True)
     after = compile_cache.stats["compiled"] + compile_cache.stats["loaded"]
     assert after == before  # other data, same code and shapes: not one compilation
     assert good.ok and good.cost == pytest.approx(cost_b(params_b))
     assert bad.failing == ["b"] and bad.leaves["b"].factor == pytest.approx(2.0)
 
 
-def test_data_changed_in_place_or_rebound_is_seen_by_the_next_check():
+@pytest.mark.parametrize("compile", [None, True], ids=["numpy", "compiled"])
+def test_data_changed_in_place_or_rebound_is_seen_by_the_next_check(compile):
     cost, grad, params, X = _regression(3)
-    assert jc.check(cost, grad, params).ok
+    assert jc.check(cost, grad, params, compile=compile).ok
     frozen = X.copy()
     X += 0.5  # in place: cost and grad both see the new data, so the check still passes
-    report = jc.check(cost, grad, params)
+    report = jc.check(cost, grad, params, compile=compile)
     assert report.ok and report.cost == pytest.approx(cost(params))
 
     # grad keeps the old data while cost sees the new: now the gradient is wrong
@@ -59,7 +62,7 @@ def test_data_changed_in_place_or_rebound_is_seen_by_the_next_check():
         y = np.tanh(frozen @ p["w"] + p["b"])  # any function of the old data
         return {"w": X.T @ (t - y + 1.0) / 12, "b": np.sum(t) / 12}
 
-    assert not jc.check(cost, stale_grad, params).ok
+    assert not jc.check(cost, stale_grad, params, compile=compile).ok
 
 
 _FRESH = textwrap.dedent(
@@ -73,7 +76,7 @@ _FRESH = textwrap.dedent(
     X = rng.normal(size=(6, 3))
     cost = lambda p: float(np.sum(np.sin(X @ p["w"])))
     grad = lambda p: {"w": X.T @ np.cos(X @ p["w"])}
-    report = jc.check(cost, grad, {"w": rng.normal(size=3)})
+    report = jc.check(cost, grad, {"w": rng.normal(size=3)}, compile=True)
     print(json.dumps({"ok": report.ok, **compile_cache.stats}))
     """
 )
