@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from jaxcheck._engine.doors.pipeline import run
-from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
+from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, reference_gap
 from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.arguments import argument_names
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
 from jaxcheck.errors import (

@@ -1,4 +1,4 @@
-"""Small checks evaluated with NumPy: the interpreter against JAX, and verdicts against compiling."""
+"""Small checks evaluated with NumPy: the interpreter against JAX, verdicts against compiling."""
 
 from __future__ import annotations
 

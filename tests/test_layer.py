@@ -512,7 +512,7 @@ def test_leaves_are_named_by_forward_parameters_or_by_position():
         return affine_forward(*args)
 
     report = jc.check_layer(forward, affine_backward, X, W, B)
-    assert list(report.leaves) == ["arg0", "arg1", "arg2"]
+    assert list(report.leaves) == ["args0", "args1", "args2"]  # one rule: see check_rule
     report = jc.check_layer(Linear().forward, Linear().backward, XS, WS, BS)
     assert list(report.leaves) == ["b", "w", "x"] and report.ok
 

@@ -34,7 +34,7 @@ from jaxcheck.cli._output import (
     wants_json,
     write,
 )
-from jaxcheck.cli._parser import build_parser, version
+from jaxcheck.cli._parser import build_parser
 from jaxcheck.errors import JaxcheckError
 
 
@@ -69,13 +69,7 @@ def _run_check(args: argparse.Namespace) -> Any:
 
 
 def _run_check_layer(args: argparse.Namespace) -> Any:
-    check_layer = getattr(jaxcheck, "check_layer", None)
-    if check_layer is None:
-        raise UsageError(
-            f"check-layer needs jaxcheck.check_layer, which is unavailable in this installation "
-            f"of jaxcheck ({version()})",
-            hint="upgrade jaxcheck, or check the layer through a cost with jaxcheck check",
-        )
+    check_layer = jaxcheck.check_layer  # looked up on each call: tests replace it
     with contextlib.ExitStack() as stack:
         modules: dict[str, ModuleType] = {}
         forward = load_function(args.forward, stack, modules)

@@ -7,7 +7,6 @@ primal (which never runs the rule) and ``jax.grad`` of a reference without the r
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule_report import RuleReport
 from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.arguments import argument_names
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
 from jaxcheck.errors import InputError, JaxcheckError, ReimplementationError, user_code_error
@@ -191,34 +191,6 @@ class _Inputs:
                 treedef, [next(new) if m else leaf for leaf, m in zip(leaves, mask)]
             )
         return out
-
-
-def argument_names(f: Callable, count: int) -> list[str]:
-    """Names for ``count`` positional arguments of ``f``: its parameter names where it has them.
-
-    ``*args`` parameters give ``args0``, ``args1``, ...; a callable without a signature gives
-    ``arg0``, ``arg1``, ...
-
-    Examples:
-        >>> argument_names(lambda x, beta: x * beta, 2)
-        ['x', 'beta']
-        >>> argument_names(lambda x, *rest: x, 3)
-        ['x', 'rest0', 'rest1']
-    """
-    try:
-        parameters = list(inspect.signature(f).parameters.values())
-    except (TypeError, ValueError):
-        parameters = []
-    names: list[str] = []
-    for p in parameters:
-        if len(names) == count:
-            break
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            names.append(p.name)
-        elif p.kind is p.VAR_POSITIONAL:
-            names += [f"{p.name}{k}" for k in range(count - len(names))]
-    names += [f"arg{k}" for k in range(len(names), count)]
-    return names
 
 
 def _is_float_array(leaf: Any, name: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxcheck._engine.doors.object import describe, is_float_array
+from jaxcheck._engine.system.arguments import argument_names
 from jaxcheck.errors import (
     InputError,
     JaxcheckError,
@@ -50,7 +51,7 @@ class Layer:
                 f"{type(forward_kwargs).__name__}."
             )
         self.kwargs = dict(forward_kwargs or {})
-        self.names = _argument_names(forward, len(args))
+        self.names = argument_names(forward, len(args))
         self.signature = f"forward({', '.join(self.names)})"
         _bind(forward, args, self.kwargs, self.signature)
         self.floating = [i for i, a in enumerate(args) if is_float_array(a)]
@@ -364,22 +365,6 @@ def _private_copy(value: Any) -> Any:
         return copy.deepcopy(value)
     except Exception:  # noqa: BLE001 - what cannot be copied is passed as it is
         return value
-
-
-def _argument_names(forward: Callable[..., Any], count: int) -> list[str]:
-    """forward's positional parameter names for ``count`` arguments; ``arg<i>`` where unnamed."""
-    try:
-        parameters = list(inspect.signature(forward).parameters.values())
-    except (TypeError, ValueError):
-        parameters = []
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = []
-    for i in range(count):
-        if i < len(parameters) and parameters[i].kind in kinds:
-            names.append(parameters[i].name)
-        else:
-            names.append(f"arg{i}")
-    return names
 
 
 def _bind(forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict, name: str) -> None:
