@@ -948,20 +948,6 @@ def test_check_layer_argument_errors(
     assert fake_check_layer == []
 
 
-def test_check_layer_unavailable_is_a_usage_error(
-    layer_files: dict[str, Path],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.delattr(jaxcheck, "check_layer", raising=False)
-    assert cli.main([*layer_args(layer_files), "--json"]) == 2
-    error = one_json_object(capsys.readouterr().out)["error"]
-    assert "check_layer" in error["message"] and "unavailable" in error["message"]
-
-
-@pytest.mark.xfail(
-    not hasattr(jaxcheck, "check_layer"), reason="needs jc.check_layer", strict=False
-)
 @pytest.mark.parametrize(("backward", "code"), [("backward", 0), ("backward_buggy", 1)])
 def test_check_layer_end_to_end(
     layer_files: dict[str, Path], capsys: pytest.CaptureFixture[str], backward: str, code: int
