@@ -21,6 +21,7 @@ __all__ = [
     "PortWarning",
     "ReimplementationError",
     "UserCodeError",
+    "user_code_error",
 ]
 
 

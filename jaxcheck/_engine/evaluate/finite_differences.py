@@ -29,11 +29,14 @@ from jaxcheck._engine.system.twin import Twin
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
-    "INCREMENTAL_MIN_SIZE",
     "Evaluation",
+    "INCREMENTAL_MIN_SIZE",
     "Probe",
     "default_memory_budget",
     "evaluate",
+    "evaluation_bytes",
+    "lower",
+    "uses_incremental",
 ]
 
 _LOG = logging.getLogger("jaxcheck")

@@ -25,7 +25,10 @@ import numpy as np
 from jax import lax
 from jax.extend.core import Literal as _Literal
 
-__all__ = ["perturbed_cost"]
+__all__ = [
+    "bind",
+    "perturbed_cost",
+]
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call")
 

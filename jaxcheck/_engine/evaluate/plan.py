@@ -15,7 +15,14 @@ from jaxcheck._engine.evaluate.finite_differences import INCREMENTAL_MIN_SIZE, P
 from jaxcheck._engine.options import Options
 from jaxcheck.errors import InputError
 
-__all__ = ["Group", "SMALL_CHECK", "coordinate_probes", "default_step", "plan"]
+__all__ = [
+    "Group",
+    "SMALL_CHECK",
+    "coordinate_probes",
+    "default_step",
+    "direction_step",
+    "plan",
+]
 
 #: Checks with at most this many probed coordinates evaluate ±2h with ±h in one program, so a
 #: small check compiles once and never needs a second pass for error estimates.

@@ -20,7 +20,13 @@ from jax.extend.core import ClosedJaxpr as _ClosedJaxpr
 from jax.extend.core import Jaxpr as _Jaxpr
 from jax.extend.core import Literal as _Literal
 
-__all__ = ["Twin", "scalar_of", "trace"]
+__all__ = [
+    "Twin",
+    "cost_and_terms",
+    "output_dtype",
+    "scalar_of",
+    "trace",
+]
 
 
 def scalar_of(value: Any) -> jax.Array:
