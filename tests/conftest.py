@@ -14,6 +14,7 @@ def _compile_cache_in_a_temporary_directory(tmp_path_factory):
     # The tests exercise the disk cache of compiled programs, but never in the user's home.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JAXCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("jaxcheck-cache")))
+        patch.setenv("JAXCHECK_CACHE_KEY", str(tmp_path_factory.mktemp("jaxcheck-key") / "key"))
         yield
 
 

@@ -985,5 +985,5 @@ def test_module_entry_point_help() -> None:
     result = run("--help")
     assert result.returncode == 0
     listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)
-    assert listed == ["demo", "check", "check-layer"]
+    assert listed == ["demo", "check", "check-layer", "cache"]
     assert "bench" not in result.stdout

@@ -1,12 +1,9 @@
-"""Compiled programs: reused across closures of the same code, never stale, kept on disk."""
+"""Compiled programs: reused across closures of the same code, never stale.
+
+The disk cache has its own tests, in test_compile_cache.py.
+"""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -63,50 +60,3 @@ def test_data_changed_in_place_or_rebound_is_seen_by_the_next_check(compile):
         return {"w": X.T @ (t - y + 1.0) / 12, "b": np.sum(t) / 12}
 
     assert not jc.check(cost, stale_grad, params, compile=compile).ok
-
-
-_FRESH = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import jaxcheck as jc
-    from jaxcheck._engine.evaluate import compile_cache
-
-    rng = np.random.default_rng(int(sys.argv[1]))
-    X = rng.normal(size=(6, 3))
-    cost = lambda p: float(np.sum(np.sin(X @ p["w"])))
-    grad = lambda p: {"w": X.T @ np.cos(X @ p["w"])}
-    report = jc.check(cost, grad, {"w": rng.normal(size=3)}, compile=True)
-    print(json.dumps({"ok": report.ok, **compile_cache.stats}))
-    """
-)
-
-
-def _fresh_process(seed: int, env: dict[str, str]) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", _FRESH, str(seed)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_a_fresh_process_loads_the_program_from_the_disk_cache(tmp_path):
-    env = dict(os.environ, JAXCHECK_CACHE_DIR=str(tmp_path))
-    env.pop("JAXCHECK_NO_CACHE", None)
-    first = _fresh_process(0, env)
-    assert first["ok"] and first.get("compiled", 0) >= 1 and first.get("stored", 0) >= 1
-    second = _fresh_process(1, env)  # other data, same code: loaded, not compiled
-    assert second["ok"] and second.get("loaded", 0) >= 1 and second.get("compiled", 0) == 0
-
-
-def test_the_disk_cache_can_be_turned_off(tmp_path):
-    env = dict(os.environ, JAXCHECK_CACHE_DIR=str(tmp_path), JAXCHECK_NO_CACHE="1")
-    out = _fresh_process(0, env)
-    assert out["ok"] and out.get("stored", 0) == 0
-    assert list(tmp_path.iterdir()) == []
-    assert not compile_cache.enabled(False)
-    assert compile_cache.enabled(True)

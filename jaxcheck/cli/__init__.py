@@ -1,4 +1,4 @@
-"""The ``jaxcheck`` command line: ``demo``, ``check`` and ``check-layer``.
+"""The ``jaxcheck`` command line: ``demo``, ``check``, ``check-layer`` and ``cache``.
 
 ``main(argv)`` parses the arguments, runs one subcommand and returns the process's exit code.
 """

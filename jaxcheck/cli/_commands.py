@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 import jaxcheck
 from jaxcheck import demo
+from jaxcheck.cli._cache import cache_command
 from jaxcheck.cli._load import layer_args, load_dout, load_function, load_params, positional_names
 from jaxcheck.cli._output import (
     EXIT_CORRECT,
@@ -103,6 +104,8 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.command == "demo":
         demo.demo(write=write)
         return EXIT_CORRECT
+    if args.command == "cache":
+        return cache_command(args.cache_command, stdout)
     run = _CHECKS[args.command]
     if args.json:
         with stdout_to_stderr():

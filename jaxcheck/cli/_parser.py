@@ -260,4 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="check only these arguments, by forward's parameter names, e.g. x,w",
     )
     _add_check_options(layer)
+    _add_cache_command(commands)
     return parser
+
+
+_CACHE_DESCRIPTION = """\
+jaxcheck keeps the programs it compiles in a private directory, so that a check re-run in a new
+process compiles nothing: $JAXCHECK_CACHE_DIR, else $XDG_CACHE_HOME/jaxcheck or ~/.cache/jaxcheck
+(made 0700). Entries are authenticated with a key of yours kept outside it ($JAXCHECK_CACHE_KEY,
+else ~/.config/jaxcheck/cache.key, 0600): one that fails is compiled again, never trusted. A
+directory that belongs to someone else or that others can write to is not used. The least
+recently used entries go beyond $JAXCHECK_CACHE_MAX_BYTES (default 256M). JAXCHECK_NO_CACHE=1
+turns the cache off."""
+
+
+def _add_cache_command(commands: Any) -> None:
+    """``jaxcheck cache info`` and ``jaxcheck cache clear``."""
+    cache = commands.add_parser(
+        "cache",
+        help="show or clear the disk cache of compiled programs",
+        description=_CACHE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    actions.add_parser(
+        "info", help="where the cache is, its size and limit, the key, whether it is trusted"
+    )
+    actions.add_parser("clear", help="delete every compiled program in the cache")

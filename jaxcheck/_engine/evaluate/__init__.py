@@ -2,7 +2,7 @@
 
 ``plan`` chooses the probe groups and steps; ``finite_differences`` and ``programs`` build the
 compiled programs (``incremental`` carries only what a perturbation changes); ``compile_cache``
-keeps programs on disk; ``processes`` splits a check over ``jax.distributed``;
-``numpy_differences`` is the two-way path without a twin; ``products`` evaluates Hessian-vector
-and other products along directions.
+keeps programs on disk (``cache_store``: its files; ``executables``: the bytes it keeps);
+``processes`` splits a check over ``jax.distributed``; ``numpy_differences`` is the two-way path
+without a twin; ``products`` evaluates Hessian-vector and other products along directions.
 """

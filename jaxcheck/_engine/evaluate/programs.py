@@ -119,8 +119,8 @@ class _Program:
         self.fun, self.options, self.devices, self.host = fun, options, devices, host
         self.jitted = jax.jit(fun, compiler_options=options)
         self.compiled: dict[Any, Callable] = {}
-        # A key that names the program across processes (no object identities in it) spares
-        # even the lowering when the disk has the program.
+        # A name of the program across processes (no object identities in it): part of the
+        # disk cache's key, with the lowered program text.
         self.portable = None if key is None or _has_identity(key) else repr(key)
 
     def __call__(self, *inputs: Any, persistent: bool = False) -> Any:
