@@ -520,3 +520,12 @@ def test_autoencoder_bugs(bug):
         assert all(leaf.diagnosis is common for leaf in leaves.values())
         assert str(report).count(common.sentence) == 1
         assert report.to_dict()["diagnosis"]["kind"] == "common-factor"
+
+
+def test_the_lessons_factors_are_not_called_a_mean(lesson):
+    """dW2 ×2 and db1 ×4, with X of shape 4×3: 4 is also W1's width, so no mean is claimed."""
+    report = jc.check(lesson.cost, lesson.buggy, lesson.params, jax_cost=lesson.twin)
+    assert set(report.failing) == {"W2", "b1"}
+    assert report.leaves["b1"].factor == pytest.approx(4.0)
+    assert all(leaf.diagnosis is None for leaf in report.leaves.values())
+    assert report.diagnosis is None
