@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from jaxcheck._engine.verdict.classify import Status
+from jaxcheck._engine.verdict.diagnosis import Diagnosis
 
 __all__ = ["LeafReport", "Report"]
 
@@ -106,6 +107,10 @@ class LeafReport:
             low-precision backprop from autodiff that rounding explains; else None.
         joint: (directions tested, directions failed) of the joint test of the leaf's kinks.
         message: a sentence saying what is wrong, when something is.
+        diagnosis: the kind of bug, when the evidence fits one tightly (a
+            :class:`~jaxcheck._engine.verdict.diagnosis.Diagnosis` with ``kind`` such as
+            ``"swapped"``, ``"mean-for-sum"``, ``"sign"``, ``"transposed"``, ``"regulariser"``,
+            ``"offset"``, ``"common-factor"``, and a ``sentence``); None when none does.
     """
 
     path: str
@@ -133,6 +138,7 @@ class LeafReport:
     rounding_difference: float | None = None
     joint: tuple[int, int] = (0, 0)
     message: str = ""
+    diagnosis: Diagnosis | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (non-finite floats become strings)."""
@@ -168,6 +174,8 @@ class Report:
         seconds: wall time of the check.
         twin_error: why there is no twin in a two-way check (the port's error), else None.
         autodiff: False for a two-way check: backprop judged against finite differences alone.
+        diagnosis: a diagnosis that spans leaves (``"common-factor"``: every failing leaf is
+            (1 + δ)× autodiff with one δ), else None.
     """
 
     ok: bool
@@ -183,6 +191,7 @@ class Report:
     seconds: float
     twin_error: str | None = None
     autodiff: bool = True
+    diagnosis: Diagnosis | None = None
 
     @property
     def failing(self) -> list[str]:
@@ -222,6 +231,8 @@ class Report:
                     *lines,
                 ]
             )
+        if self.diagnosis is not None:
+            lines.append(self.diagnosis.sentence)
         return "\n".join([f"Gradient WRONG in {', '.join(self.failing)}.", *lines])
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +251,7 @@ class Report:
             "twin": self.twin,
             "twin_error": self.twin_error,
             "autodiff": self.autodiff,
+            "diagnosis": None if self.diagnosis is None else dataclasses.asdict(self.diagnosis),
             "seconds": self.seconds,
             "verdict": self.verdict,
             "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},

@@ -21,6 +21,7 @@ from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.prepare import System, check_twin, rerun
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Status
+from jaxcheck._engine.verdict.diagnosis import Diagnosis, diagnose, dimensions_of, facts_of
 from jaxcheck._engine.verdict.evidence import (
     MAX_REFINE,
     Evidence,
@@ -167,7 +168,51 @@ def run(system: System, options: Options, *, start: float | None = None) -> Repo
             options.method,
             rounding_difference=rounding,
         )
-    return _report(system, options, reports, evidence, gradient, start)
+    report = _report(system, options, reports, evidence, gradient, start)
+    report.diagnosis = _diagnose(system, reports, gradient, evidence, tolerances)
+    return report
+
+
+def _diagnose(
+    system: System,
+    reports: dict,
+    gradient: list[np.ndarray] | None,
+    evidence: list[Evidence],
+    tolerances: list[vd.Tolerance],
+) -> Diagnosis | None:
+    """Names the kind of bug of failing leaves where it fits; returns one that spans leaves.
+
+    Each diagnosed leaf gets the field and its sentence; a common factor's sentence is the
+    report's, said once.
+    """
+    if not any(leaf.status == Status.BACKPROP for leaf in reports.values()):
+        return None
+    facts = []
+    for i, (path, leaf) in enumerate(reports.items()):
+        e = evidence[i]
+        op = e.op
+        facts.append(
+            facts_of(
+                path,
+                system.leaves64[i],
+                system.backprop[i],
+                None if gradient is None else gradient[i],
+                leaf.status,
+                tolerances[i],
+                coords=e.coords,
+                finite=None if op is None else op.finite,
+                error=None if op is None else op.error,
+            )
+        )
+    consts = () if system.twin is None else system.twin.consts
+    data = [tuple(np.shape(c)) for c in consts]
+    dimensions = dimensions_of(data, [tuple(v.shape) for v in system.leaves64])
+    found, common = diagnose(facts, dimensions)
+    for path, d in found.items():
+        reports[path].diagnosis = d
+        if d is not common:
+            reports[path].message = f"{reports[path].message} {d.sentence}"
+    return common
 
 
 def _kink_leaves_in_full(
