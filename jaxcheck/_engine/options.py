@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxcheck.errors import InputError
 
-__all__ = ["METHODS", "TWIN_MODES", "Options"]
+__all__ = ["METHODS", "TWIN_MODES", "Options", "reject_unknown"]
 
 #: The finite-difference methods.
 METHODS = ("full", "sample", "directional")
@@ -96,6 +96,24 @@ class Options:
     def directions_per_leaf(self) -> int:
         """Random directions per leaf in ``method="directional"``."""
         return self.directions or DEFAULT_DIRECTIONS
+
+
+def reject_unknown(door: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Raises the one error for options a door does not take, naming the door and the option.
+
+    Examples:
+        >>> reject_unknown("check_hvp", {"eps": 1e-6}, ["eps", "rtol"])
+        >>> reject_unknown("check_hvp", {"method": "sample"}, ["eps", "rtol"])
+        Traceback (most recent call last):
+        ...
+        jaxcheck.errors.InputError: check_hvp got an unknown option method=; it takes eps=, rtol=.
+    """
+    unknown = [name for name in given if name not in set(allowed)]
+    if unknown:
+        names = ", ".join(f"{name}=" for name in unknown)
+        plural = "an unknown option" if len(unknown) == 1 else "unknown options"
+        takes = ", ".join(f"{name}=" for name in sorted(allowed))
+        raise InputError(f"{door} got {plural} {names}; it takes {takes}.")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 import numpy as np
 
@@ -178,13 +179,18 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rounding_error(
-    j_up: np.ndarray, j_down: np.ndarray, h_total: np.ndarray, unit: float = _U64
+    j_up: np.ndarray,
+    j_down: np.ndarray,
+    h_total: np.ndarray,
+    unit: float = _U64,
+    xp: Any = np,
 ) -> np.ndarray:
     """Rounding error of a difference quotient ``(J_up − J_down) / h_total``.
 
-    ``unit`` is the rounding unit the cost values were computed in (float64's by default).
+    ``unit`` is the rounding unit the cost values were computed in (float64's by default);
+    ``xp`` is ``numpy`` or ``jax.numpy``.
     """
-    mags = np.maximum(np.abs(j_up), np.abs(j_down))
+    mags = xp.maximum(xp.abs(j_up), xp.abs(j_down))
     return ROUNDING_SAFETY * unit * mags / h_total
 
 
@@ -215,11 +221,16 @@ class Opinions:
     kink: np.ndarray
 
 
-def close(a: np.ndarray, b: np.ndarray, rtol: float, atol: np.ndarray | float) -> np.ndarray:
-    """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close."""
+def close(
+    a: np.ndarray, b: np.ndarray, rtol: Any, atol: np.ndarray | float, xp: Any = np
+) -> np.ndarray:
+    """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close.
+
+    ``xp`` is ``numpy`` or ``jax.numpy``.
+    """
     with np.errstate(invalid="ignore", over="ignore"):
-        out = np.abs(a - b) <= rtol * (np.abs(a) + np.abs(b)) + atol
-    return out & np.isfinite(a) & np.isfinite(b)
+        out = xp.abs(a - b) <= rtol * (xp.abs(a) + xp.abs(b)) + atol
+    return out & xp.isfinite(a) & xp.isfinite(b)
 
 
 def backprop_agrees(bp: np.ndarray, ad: np.ndarray, tol: Tolerance) -> np.ndarray:
