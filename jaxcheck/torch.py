@@ -122,7 +122,7 @@ def check(
         system.reference = [
             np.asarray(external[p], np.float64) for p in system.leaves.paths
         ]  # torch autograd of the reference: the autodiff opinion
-    report = run(system, opts, start=start)
+    report = run(system, opts, start=start, noun="backward")
     return RuleReport.from_report(
         report,
         subject=f"the backward of {name}",
