@@ -580,7 +580,7 @@ class _Linearity:
 
     def __init__(self, spec: ProductSpec, leaves: Leaves, source: _Directions) -> None:
         self.spec, self.leaves, self.source = spec, leaves, source
-        #: per leaf path, the sentence saying how the product is not linear.
+        #: per leaf path, the clause saying how the product is not linear ("hvp is not ...").
         self.findings: dict[str, str] = {}
 
     def check(
@@ -624,7 +624,7 @@ class _Linearity:
             kind = "linear" if i in homogeneous else "additive"
             index = list(int(k) for k in np.unravel_index(j, self.leaves.values[i].shape))
             self.findings[path] = (
-                f"{path}: {self.spec.noun} is not {kind} in v: {got} ≠ {want} (at {index}: "
+                f"{self.spec.noun} is not {kind} in v: {got} ≠ {want} (at {index}: "
                 f"{values[0]:.6g} against {values[1]:.6g}); the true product is linear in v."
             )
 

@@ -239,7 +239,10 @@ def _report(
         if path in findings:
             # Not linear in v: wrong whatever the directions say (the true product is linear).
             leaf.status, leaf.ok = Status.BACKPROP, False
-            leaf.message = " ".join(m for m in (leaf.message, findings[path]) if m)
+            if leaf.message:
+                leaf.message = f"{leaf.message.rstrip('.')}; and {findings[path]}"
+            else:
+                leaf.message = f"{path}: {findings[path]}"
         leaves[path] = leaf
         for key, value in tally.sums.items():
             whole.sums[key] += value
