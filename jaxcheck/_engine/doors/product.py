@@ -29,7 +29,6 @@ from jaxcheck._engine.evaluate.products import (
     Exact,
     Products,
     ProductSpec,
-    excess_over,
     gradient_rounding,
     tolerance_floor,
 )
@@ -383,6 +382,8 @@ class _Directions:
     def exact_in_dtypes(self, v: np.ndarray) -> np.ndarray:
         """``v`` (float64 rows) rounded leaf by leaf to θ's dtypes, back in float64."""
         v = np.array(v, np.float64)
+        if all(dtype == np.float64 for dtype in self.dtypes):
+            return v
         for i, (a, b) in enumerate(zip(self.edges[:-1], self.edges[1:])):
             v[..., a:b] = v[..., a:b].astype(self.dtypes[i]).astype(np.float64)
         return v
@@ -514,7 +515,7 @@ def _check_chunk(
     floor = _per_leaf(np.abs(exact.g0)[None], edges)[:, 0]
     scale = _per_leaf(np.nan_to_num(np.abs(exact.products), nan=0.0, posinf=0.0), edges)
     atol, _ = tolerance_floor(rtols, scale, floor, steps)
-    excess = excess_over(bp, exact.products, rtols[owner], atol.T[:, owner])
+    excess = vd.tolerance_excess(bp, exact.products, rtols[owner], atol.T[:, owner])
     linearity.check(user, rows, vectors, bp, coefficients, bp_w, rtols, atol, edges)
     need = np.zeros(rows.size, bool)
     if products.has_finite_differences:
@@ -642,7 +643,7 @@ class _Linearity:
         out = {}
         for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
             slack = weight * float(np.max(atol[i], initial=0.0))
-            over = excess_over(
+            over = vd.tolerance_excess(
                 got[a:b], want[a:b], 0.0, rtols[i] * (np.abs(got[a:b]) + sizes[a:b]) + slack
             )
             if over.size and np.max(over) > 0:
@@ -675,7 +676,9 @@ def _judge_chunk(
         flat = np.flatnonzero(chunk.flagged[:, a:b])
         if flat.size > MAX_JUDGED:
             r, j = np.divmod(flat, n)
-            excess = excess_over(user[r, a + j], chunk.exact[r, a + j], rtols[i], chunk.atol[i, r])
+            excess = vd.tolerance_excess(
+                user[r, a + j], chunk.exact[r, a + j], rtols[i], chunk.atol[i, r]
+            )
             flat = np.sort(flat[np.argsort(-excess, kind="stable")[:MAX_JUDGED]])
         picks.append(flat)
     up2, down2, refined = chunk.up2, chunk.down2, None

@@ -340,7 +340,7 @@ class Products:
                 out.append((-np.inf, 0, 0, float("nan"), float("nan")))
                 continue
             r = int(np.argmax(excess[i]))
-            row = excess_over(user[r, a:b], exact[r, a:b], rtol[i], atol[i, r])
+            row = vd.tolerance_excess(user[r, a:b], exact[r, a:b], rtol[i], atol[i, r])
             j = int(np.argmax(row))
             out.append((float(excess[i, r]), r, j, float(user[r, a + j]), float(exact[r, a + j])))
         return out
@@ -440,13 +440,6 @@ class Products:
             return body
 
         return self._cached(("displaced", multiples, screen, size, batch), make)
-
-
-def excess_over(bp: np.ndarray, ad: np.ndarray, rtol: Any, atol: Any, xp: Any = np) -> Any:
-    """How far ``|bp − ad|`` exceeds ``rtol·(|bp| + |ad|) + atol``; +inf where either is NaN."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        gap = xp.abs(bp - ad) - (rtol * (xp.abs(bp) + xp.abs(ad)) + atol)
-    return xp.where(xp.isnan(gap), xp.inf, gap)
 
 
 def _bucket(n: int) -> int:
@@ -623,7 +616,7 @@ def _screen(
         ],
         axis=1,
     )
-    excess = excess_over(bp, ad, r_, a_, xp=jnp)
+    excess = vd.tolerance_excess(bp, ad, r_, a_, xp=jnp)
     excess = per_leaf(jnp.where(live, excess, -jnp.inf), jax.ops.segment_max)
     return (
         flagged,

@@ -25,6 +25,7 @@ __all__ = [
     "relative_difference",
     "rounding_error",
     "rtol_for",
+    "tolerance_excess",
 ]
 
 
@@ -231,6 +232,16 @@ def close(
     with np.errstate(invalid="ignore", over="ignore"):
         out = xp.abs(a - b) <= rtol * (xp.abs(a) + xp.abs(b)) + atol
     return out & xp.isfinite(a) & xp.isfinite(b)
+
+
+def tolerance_excess(
+    a: np.ndarray, b: np.ndarray, rtol: Any, atol: Any, xp: Any = np
+) -> np.ndarray:
+    """How far ``|a − b|`` exceeds ``rtol·(|a| + |b|) + atol`` (≤ 0: :func:`close` when both
+    are finite); +inf where the excess is NaN. ``xp`` is ``numpy`` or ``jax.numpy``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = xp.abs(a - b) - (rtol * (xp.abs(a) + xp.abs(b)) + atol)
+    return xp.where(xp.isnan(gap), xp.inf, gap)
 
 
 def backprop_agrees(bp: np.ndarray, ad: np.ndarray, tol: Tolerance) -> np.ndarray:
