@@ -330,3 +330,38 @@ def test_the_product_specifications_speak_for_their_product():
         "the exact Gauss-Newton product and finite differences of the linearised gradient"
     )
     assert engine.GAUSS_NEWTON.functions == ("model_output", "loss_of_output")
+
+
+# --------------------------------------------------------------------------- hostile but correct
+
+
+def test_an_ill_conditioned_quadratic_is_not_called_non_linear():
+    # J = ½ θᵀAθ + bᵀθ with cond(A) = 1e6, as in a least-squares solver's test: its product A v
+    # rounds like any matmul, which the linearity test must not mistake for a bug.
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    A = q @ np.diag(np.logspace(0, 6, 12)) @ q.T
+    A = (A + A.T) / 2
+    b = rng.standard_normal(12)
+    params = {"theta": rng.standard_normal(12)}
+
+    def cost(p):
+        return 0.5 * p["theta"] @ A @ p["theta"] + b @ p["theta"]
+
+    for directions in (None, 5):
+        good = jc.check_hvp(
+            cost, lambda p, v: {"theta": A @ v["theta"]}, params, directions=directions
+        )
+        assert good.ok and good.nonlinear == [], str(good)
+    diagonal = jc.check_hvp(cost, lambda p, v: {"theta": np.diag(A) * v["theta"]}, params)
+    assert diagonal.failing == ["theta"] and diagonal.nonlinear == []
+
+
+def test_float32_products_along_random_directions_pass_and_fail_at_float32_tolerance():
+    model = Logistic(seed=2)
+    model.X = model.X.astype(np.float32)
+    model.params = {k: v.astype(np.float32) for k, v in model.params.items()}
+    good = _run(model, model.hvp, directions=6)
+    assert good.ok and good.dtype == "float32", str(good)
+    bad = _run(model, lambda p, v: model.hvp(p, v, bug="abs"), directions=6)
+    assert sorted(bad.failing) == ["b", "w"]

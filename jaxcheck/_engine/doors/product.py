@@ -639,13 +639,17 @@ class _Linearity:
         atol: np.ndarray,
         edges: Sequence[int],
     ) -> dict[int, int]:
-        """Per failing leaf, the flat index of its worst entry."""
+        """Per leaf where ``got`` is not ``want`` within the tolerance, the flat index of its
+        worst entry."""
         out = {}
         for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
             slack = weight * float(np.max(atol[i], initial=0.0))
             over = vd.tolerance_excess(
                 got[a:b], want[a:b], 0.0, rtols[i] * (np.abs(got[a:b]) + sizes[a:b]) + slack
             )
+            # Where the combination itself is not finite (hvp gave NaN or inf along some
+            # direction), the entry is already wrong on its own and says nothing of linearity.
+            over = np.where(np.isfinite(want[a:b]), over, -np.inf)
             if over.size and np.max(over) > 0:
                 out[i] = int(np.argmax(over))
         return out
