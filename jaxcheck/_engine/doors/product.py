@@ -18,7 +18,7 @@ import inspect
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -344,8 +344,9 @@ def _twin_function(
                 f"network outputs; loss_of_output: outputs -> scalar loss); got "
                 f"{type(value).__name__}."
             )
-    given = {name: functions[name] for name in spec.functions}
-    assert spec.compose is not None, f"{spec.kind} lists functions but cannot compose them"
+    given: dict[str, Callable] = {name: cast(Callable, functions[name]) for name in spec.functions}
+    if spec.compose is None:
+        raise TypeError(f"the {spec.kind} specification lists functions but cannot compose them")
     return spec.compose(given), given
 
 
@@ -428,12 +429,10 @@ class _Product:
         for v in values:
             v.flags.writeable = False
         self.params = leaves.unflatten(values)
-        self.dtypes: list[np.dtype] | None = None
-        self.calls = 0
+        self._dtypes: list[np.dtype] | None = None
 
     def call(self, v: Any) -> list[np.ndarray]:
         subject = self.spec.subject
-        self.calls += 1
         try:
             out = self.product(self.params, v)
         except JaxcheckError:
@@ -462,11 +461,18 @@ class _Product:
                 ]
             )
             parts = self.call(v)
-            if self.dtypes is None:
+            if self._dtypes is None:
                 self._check_pure(v, parts)
-                self.dtypes = [np.dtype(p.dtype) for p in parts]
+                self._dtypes = [np.dtype(p.dtype) for p in parts]
             out[r] = np.concatenate([p.reshape(-1) for p in parts])
         return out
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        """The dtypes of the product's leaves, known once it has been called."""
+        if self._dtypes is None:
+            raise RuntimeError("the product's dtypes are known only after its first call")
+        return self._dtypes
 
     def _check_pure(self, v: Any, parts: list[np.ndarray]) -> None:
         again = self.call(v)
@@ -553,6 +559,8 @@ def _probe_w(
 ) -> bool:
     """Whether finite differences along ``w`` confirm the exact product there (every entry
     ``ok``); adds the probe's finite differences to the leaves' sums."""
+    if exact.displaced_w is None:
+        return False
     up, down, up2, down2 = exact.displaced_w
     clean = True
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
@@ -706,7 +714,7 @@ def _judge_chunk(
             steps[r],
             float(chunk.floor[i]),
         )
-        if up2 is not None:
+        if up2 is not None and down2 is not None:
             at = r if refined is None else refined[r]
             has = at >= 0
             sub = _take(op, has)

@@ -325,12 +325,10 @@ def _message(leaf: LeafReport, tally: _Tally, where: str, spec: ProductSpec) -> 
     path, status, noun = leaf.path, leaf.status, spec.noun
     entries = tally.size * tally.directions
     exact, witnesses = spec.exact, spec.witnesses
+    _, _, _, bp, ad = tally.worst
     if status == Status.BACKPROP:
-        if not math.isfinite(leaf.worst_backprop) and math.isfinite(leaf.worst_autodiff):
-            return (
-                f"{path}: {noun} is {leaf.worst_backprop} {where} where {exact} is "
-                f"{leaf.worst_autodiff:.6g}."
-            )
+        if not math.isfinite(bp) and math.isfinite(ad):
+            return f"{path}: {noun} is {float(bp)} {where} where {exact} is {float(ad):.6g}."
         if leaf.factor is not None:
             if abs(leaf.factor + 1) < 1e-3:
                 return f"{path}: {noun} has the wrong sign (−1.00× {witnesses})."

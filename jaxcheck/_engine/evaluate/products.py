@@ -231,6 +231,9 @@ class Products:
         memory_budget: int | None,
     ) -> None:
         self.system, self.spec, self.functions, self.eps = system, spec, functions, eps
+        if system.twin is None:  # prepared with twin="required": cannot happen
+            raise InputError(f"a {spec.title} check needs a JAX twin of the cost.")
+        self.twin: Twin = system.twin
         self.x = np.concatenate([v.reshape(-1) for v in system.leaves64])
         self.shapes = tuple(tuple(v.shape) for v in system.leaves64)
         self.edges = tuple(int(e) for e in np.cumsum([0, *[math.prod(s) for s in self.shapes]]))
@@ -242,7 +245,7 @@ class Products:
         outputs = 6 if self.double else 4  # gradients, exact product, user's product
         self.chunk = max(1, min(count, CHUNK_BYTES // (8 * n * outputs)))
         budget = memory_budget or default_memory_budget()
-        self.fit = max(1, budget // max(1, outputs * _twin_bytes(system.twin)))
+        self.fit = max(1, budget // max(1, outputs * _twin_bytes(self.twin)))
         most = MAX_BATCH_CPU if cpu else MAX_BATCH
         self.batch = int(min(batch_size or min(self.fit, most), self.chunk))
         self.exact_batch = int(min(batch_size or min(self.fit, EXACT_BATCH), self.chunk + 1))
@@ -355,7 +358,7 @@ class Products:
         return outs[:, 0], outs[:, 1]
 
     def _run(self, program: Callable, *args: Any) -> Any:
-        twin = self.system.twin
+        twin = self.twin
         try:
             return program(list(twin.consts), self.x, *args)
         except JaxcheckError:
@@ -373,13 +376,13 @@ class Products:
     def _setup_fn(self) -> Setup:
         if self._setup is None:
             self._setup = self.spec.build(
-                self.system.twin, self.system.leaves.treedef, self.shapes, self.functions
+                self.twin, self.system.leaves.treedef, self.shapes, self.functions
             )
         return self._setup
 
     def _cached(self, key: tuple[Any, ...], make: Callable[[], Callable]) -> Callable:
         """The program for ``key``, compiled once per twin structure (cacheable specs)."""
-        twin = self.system.twin
+        twin = self.twin
         full = None
         if self.spec.cacheable and twin.key is not None:
             full = (self.spec.kind, twin.key, self.shapes, self.fast_compile, *key)
@@ -397,7 +400,7 @@ class Products:
         return program
 
     def _exact_program(self, size: int) -> Callable:
-        twin, shapes, setup = self.system.twin, self.shapes, self._setup_fn()
+        twin, shapes, setup = self.twin, self.shapes, self._setup_fn()
         batch = min(self.exact_batch, size)
         fd = self.has_finite_differences
 

@@ -179,13 +179,7 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return num / den
 
 
-def rounding_error(
-    j_up: np.ndarray,
-    j_down: np.ndarray,
-    h_total: np.ndarray,
-    unit: float = _U64,
-    xp: Any = np,
-) -> np.ndarray:
+def rounding_error(j_up: Any, j_down: Any, h_total: Any, unit: float = _U64, xp: Any = np) -> Any:
     """Rounding error of a difference quotient ``(J_up − J_down) / h_total``.
 
     ``unit`` is the rounding unit the cost values were computed in (float64's by default);
@@ -222,9 +216,7 @@ class Opinions:
     kink: np.ndarray
 
 
-def close(
-    a: np.ndarray, b: np.ndarray, rtol: Any, atol: np.ndarray | float, xp: Any = np
-) -> np.ndarray:
+def close(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
     """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close.
 
     ``xp`` is ``numpy`` or ``jax.numpy``.
@@ -234,9 +226,7 @@ def close(
     return out & xp.isfinite(a) & xp.isfinite(b)
 
 
-def tolerance_excess(
-    a: np.ndarray, b: np.ndarray, rtol: Any, atol: Any, xp: Any = np
-) -> np.ndarray:
+def tolerance_excess(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
     """How far ``|a − b|`` exceeds ``rtol·(|a| + |b|) + atol`` (≤ 0: :func:`close` when both
     are finite); +inf where the excess is NaN. ``xp`` is ``numpy`` or ``jax.numpy``."""
     with np.errstate(invalid="ignore", over="ignore"):
