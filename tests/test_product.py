@@ -365,3 +365,53 @@ def test_float32_products_along_random_directions_pass_and_fail_at_float32_toler
     assert good.ok and good.dtype == "float32", str(good)
     bad = _run(model, lambda p, v: model.hvp(p, v, bug="abs"), directions=6)
     assert sorted(bad.failing) == ["b", "w"]
+
+
+def test_a_kink_crossed_by_the_probe_is_reported_without_more_finite_differences(monkeypatch):
+    seen = []
+    evaluate = engine.Products.evaluate
+    monkeypatch.setattr(
+        engine.Products,
+        "evaluate",
+        lambda self, vectors, *a: seen.append(len(vectors)) or evaluate(self, vectors, *a),
+    )
+    # An L1 penalty: the gradient sign(θ) jumps at θ = 0, where jax.grad takes 0 and the exact
+    # product is the smooth part's.
+    params = {"theta": np.array([0.0, 0.7, -1.2, 0.3])}
+
+    def cost(p):
+        return float(np.sum(np.abs(p["theta"])) + np.sum(p["theta"] ** 4) / 4)
+
+    report = jc.check_hvp(cost, lambda p, v: {"theta": 3 * p["theta"] ** 2 * v["theta"]}, params)
+    assert report.ok and report.leaves["theta"].status == "kink", str(report)
+    assert report.leaves["theta"].kinks == [(0,)]
+    assert seen == []
+
+
+def test_where_the_probe_cannot_confirm_the_exact_product_every_direction_gets_fd(monkeypatch):
+    import jax
+
+    seen = []
+    evaluate = engine.Products.evaluate
+    monkeypatch.setattr(
+        engine.Products,
+        "evaluate",
+        lambda self, vectors, *a: seen.append(len(vectors)) or evaluate(self, vectors, *a),
+    )
+
+    @jax.custom_jvp
+    def cube(x):
+        return x**3
+
+    # The rule's own derivative is cut off: jax.grad of the twin is right, its Hessian is 0.
+    cube.defjvp(lambda xs, ts: (cube(xs[0]), 3 * jax.lax.stop_gradient(xs[0]) ** 2 * ts[0]))
+    params = {"x": np.array([0.5, -1.0, 2.0])}
+    report = jc.check_hvp(
+        lambda p: float(np.sum(p["x"] ** 3)),
+        lambda p, v: {"x": 0 * v["x"]},  # agrees with the wrong exact product
+        params,
+        jax_cost=lambda p: jnp.sum(cube(p["x"])),
+    )
+    assert seen == [3]  # finite differences along every direction, not just w
+    assert report.leaves["x"].checked == 3
+    assert report.leaves["x"].difference_fd_autodiff > 0.5  # and they show the twin's Hessian off

@@ -557,8 +557,15 @@ def _probe_w(
     floor: np.ndarray,
     edges: Sequence[int],
 ) -> bool:
-    """Whether finite differences along ``w`` confirm the exact product there (every entry
-    ``ok``); adds the probe's finite differences to the leaves' sums."""
+    """Whether finite differences along ``w`` confirm the exact product there; adds the probe's
+    finite differences and the kinks it crossed to the leaves.
+
+    The exact product is judged as if it were the user's: every entry ``ok``, or ``kink``
+    (the gradient's one-sided slopes along ``w`` differ and the exact product lies between
+    them: finite differences along the directions themselves could not confirm more). Where
+    they stray from it beyond their error (``fd-unreliable``: a wrong twin, or a step too large
+    or too small), every direction of the chunk gets finite differences of its own.
+    """
     if exact.displaced_w is None:
         return False
     up, down, up2, down2 = exact.displaced_w
@@ -573,8 +580,10 @@ def _probe_w(
             rtols[i : i + 1], np.array([[scale]]), floor[i : i + 1], np.array([h_w])
         )
         tol = Tolerance(float(rtols[i]), float(atol[0, 0]), vd.FD_RTOL, float(fd_atol[0, 0]), scale)
-        clean &= bool(np.all(vd.classify(op, tol) == vd.OK))
-        tallies[i].add_probe(bp_w[a:b], ad, op.finite, op.error)
+        classes = vd.classify(op, tol)
+        clean &= bool(np.all((classes == vd.OK) | (classes == vd.KINK)))
+        kinks = np.flatnonzero(classes == vd.KINK)
+        tallies[i].add_probe(bp_w[a:b], ad, op.finite, op.error, kinks)
     return clean
 
 

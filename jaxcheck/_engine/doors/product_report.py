@@ -35,6 +35,7 @@ class _Tally:
         self.sums = dict.fromkeys((*SUMS, "fdbp2", "fdad2"), 0.0)
         self.worst = (-np.inf, 0, 0, float("nan"), float("nan"))  # excess, direction, entry, bp, ad
         self.kinks: set[int] = set()
+        self.probe_kinks = False  # the probe w crossed a kink where nothing else was flagged
         self.directions = 0
         self.step = 0.0
         self.rtol = 0.0
@@ -106,9 +107,16 @@ class _Tally:
         self.step = max(self.step, float(np.max(steps, initial=0.0)))
         self.rtol = rtol
 
-    def add_probe(self, bp: np.ndarray, ad: np.ndarray, fd: np.ndarray, err: np.ndarray) -> None:
+    def add_probe(
+        self, bp: np.ndarray, ad: np.ndarray, fd: np.ndarray, err: np.ndarray, kinks: np.ndarray
+    ) -> None:
         """Adds the finite differences along a probe direction that is not one of the check's
-        (its entries are not counted; they enter the differences with finite differences)."""
+        (its entries are not counted; they enter the differences with finite differences), and
+        the entries where it crossed a kink of the gradient."""
+        if kinks.size:
+            self.probe_kinks = True
+            for j in kinks[: max(0, MAX_KINKS - len(self.kinks))]:
+                self.kinks.add(int(j))
         with np.errstate(invalid="ignore", over="ignore"):
             for key, value in (
                 ("fdbp2", bp * bp),
@@ -123,7 +131,10 @@ class _Tally:
     @property
     def status(self) -> Status:
         codes = np.flatnonzero(self.counts)
-        return list(Status)[int(codes[0])] if codes.size else Status.OK
+        code = int(codes[0]) if codes.size else vd.OK
+        if self.probe_kinks:
+            code = min(code, vd.KINK)
+        return list(Status)[code]
 
     def difference(self, a: str, b: str) -> float:
         """The classic relative difference of two opinions, over the probes both were taken on
