@@ -151,7 +151,7 @@ def _options(seed: int, options: dict[str, Any]) -> Options:
     from jaxcheck._engine.doors.rule import _options as rule_options
 
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
-    return dataclasses.replace(rule_options(seed, options), twin="none")
+    return dataclasses.replace(rule_options(seed, options, "jaxcheck.torch.check"), twin="none")
 
 
 def _function_name(torch: Any, fn: Callable) -> str:

@@ -261,13 +261,14 @@ def _call(fn: Callable, args: Sequence[Any], what: str) -> Any:
         raise user_code_error(err, what) from err
 
 
-def _options(seed: int, options: dict[str, Any]) -> Options:
+def _options(seed: int, options: dict[str, Any], door: str = "check_rule") -> Options:
+    """The engine's options of a rule door (``door`` names it in errors)."""
     if "twin" in options:
         raise InputError(
-            "twin= does not apply to check_rule: the JAX function itself gives the finite "
-            "differences; pass reference= for the autodiff opinion."
+            f"twin= does not apply to {door}: the function itself gives the finite "
+            f"differences; pass reference= for the autodiff opinion."
         )
-    reject_unknown("check_rule", options, _ENGINE_OPTIONS)
+    reject_unknown(door, options, _ENGINE_OPTIONS)
     return Options(seed=seed, twin="required", **options)
 
 
