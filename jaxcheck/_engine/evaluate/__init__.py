@@ -3,6 +3,7 @@
 ``plan`` chooses the probe groups and steps; ``finite_differences`` and ``programs`` build the
 compiled programs (``incremental`` carries only what a perturbation changes); ``compile_cache``
 keeps programs on disk; ``processes`` splits a check over ``jax.distributed``;
-``numpy_differences`` is the two-way path without a twin; ``products`` evaluates Hessian-vector
-and other products along directions.
+``numpy_differences`` is the two-way path without a twin; ``products`` holds the product
+specifications (Hessian, Gauss-Newton) and evaluates their exact products along directions, with
+finite differences of the twin's gradient where they are needed.
 """
