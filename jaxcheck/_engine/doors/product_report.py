@@ -36,6 +36,7 @@ class _Tally:
         self.worst = (-np.inf, 0, 0, float("nan"), float("nan"))  # excess, direction, entry, bp, ad
         self.kinks: set[int] = set()
         self.probe_kinks = False  # the probe w crossed a kink where nothing else was flagged
+        self.finite_differences = False  # whether any were taken (else their differences: NaN)
         self.directions = 0
         self.step = 0.0
         self.rtol = 0.0
@@ -58,6 +59,7 @@ class _Tally:
         Flagged entries left unjudged (beyond :data:`MAX_JUDGED`) count as ``backprop`` where
         hvp disagrees with the exact product and ``fd-unreliable`` elsewhere.
         """
+        self.finite_differences = True
         for key, value in zip(SUMS, chunk.sums[i]):
             self.sums[key] += float(value)
         self.sums["fdbp2"] += float(chunk.sums[i][0])
@@ -113,6 +115,7 @@ class _Tally:
         """Adds the finite differences along a probe direction that is not one of the check's
         (its entries are not counted; they enter the differences with finite differences), and
         the entries where it crossed a kink of the gradient."""
+        self.finite_differences = True
         if kinks.size:
             self.probe_kinks = True
             for j in kinks[: max(0, MAX_KINKS - len(self.kinks))]:
@@ -140,6 +143,8 @@ class _Tally:
         """The classic relative difference of two opinions, over the probes both were taken on
         (finite differences: only where they were)."""
         prefix = "fd" if "fd" in (a, b) else ""
+        if prefix and not self.finite_differences:
+            return float("nan")
         norms = [self.sums["fd2" if x == "fd" else f"{prefix}{x}2"] for x in (a, b)]
         num = math.sqrt(max(self.sums[f"{a}-{b}"], 0.0))
         den = math.sqrt(norms[0]) + math.sqrt(norms[1])
@@ -257,6 +262,7 @@ def _report(
         leaves[path] = leaf
         for key, value in tally.sums.items():
             whole.sums[key] += value
+        whole.finite_differences |= tally.finite_differences
     dtype = max(
         [np.dtype(v.dtype) for v in system.leaves.values] + list(product.dtypes), key=vd.epsilon
     )
