@@ -41,8 +41,12 @@ from jaxcheck._engine.doors.layer import assert_layer as assert_layer
 from jaxcheck._engine.doors.layer import check_layer as check_layer
 from jaxcheck._engine.doors.object import assert_object as assert_object
 from jaxcheck._engine.doors.object import check_object as check_object
+from jaxcheck._engine.doors.product import assert_hvp as assert_hvp
 from jaxcheck._engine.doors.product import check_hvp as check_hvp
+from jaxcheck._engine.doors.product_report import HvpReport as HvpReport
+from jaxcheck._engine.doors.rule import assert_rule as assert_rule
 from jaxcheck._engine.doors.rule import check_rule as check_rule
+from jaxcheck._engine.doors.rule_report import RuleReport as RuleReport
 from jaxcheck._engine.doors.sweep import StepSweep as StepSweep
 from jaxcheck._engine.doors.sweep import step_sweep as step_sweep
 from jaxcheck._engine.verdict.classify import Status as Status
@@ -63,6 +67,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GradientError",
+    "HvpReport",
     "InputError",
     "JaxcheckError",
     "LeafReport",
@@ -72,12 +77,15 @@ __all__ = [
     "PortWarning",
     "ReimplementationError",
     "Report",
+    "RuleReport",
     "Status",
     "StepSweep",
     "UserCodeError",
     "assert_gradients",
+    "assert_hvp",
     "assert_layer",
     "assert_object",
+    "assert_rule",
     "check",
     "check_hvp",
     "check_layer",

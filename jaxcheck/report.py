@@ -323,14 +323,19 @@ class Report:
             f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}"
         )
         lines.append(self.verdict)
+        lines.extend(self._closing_notes())
+        return "\n".join(lines)
+
+    def _closing_notes(self) -> list[str]:
+        """The notes after the verdict: how a two-way check was judged."""
         if self.twin == "none":
-            lines.append(_two_way_note(self.twin_error))
-        elif not self.autodiff:
-            lines.append(
+            return [_two_way_note(self.twin_error)]
+        if not self.autodiff:
+            return [
                 "Two-way check: backprop was judged against finite differences alone (no "
                 "independent jax.grad opinion)."
-            )
-        return "\n".join(lines)
+            ]
+        return []
 
     def __repr__(self) -> str:
         return f"<jaxcheck.Report ok={self.ok} failing={self.failing}>"

@@ -123,7 +123,7 @@ def check(
         system.reference = [
             np.asarray(external[p], np.float64) for p in system.leaves.paths
         ]  # torch autograd of the reference: the autodiff opinion
-    report = run(system, opts, start=start)
+    report = run(system, opts, start=start, noun="backward")
     return RuleReport.from_report(
         report,
         subject=f"the backward of {name}",
@@ -152,7 +152,7 @@ def _options(seed: int, options: dict[str, Any]) -> Options:
     from jaxcheck._engine.doors.rule import _options as rule_options
 
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
-    return dataclasses.replace(rule_options(seed, options), twin="none")
+    return dataclasses.replace(rule_options(seed, options, "jaxcheck.torch.check"), twin="none")
 
 
 def _function_name(torch: Any, fn: Callable) -> str:

@@ -399,6 +399,7 @@ def test_a_non_finite_product_is_named(net):
     report = jc.check_hvp(net.cost, hvp, net.params, jax_cost=net.jax_cost, directions=2)
     assert report.failing == ["W2"]
     assert "W2: hvp is nan at" in report.verdict
+    assert report.nonlinear == []  # a NaN is wrong on its own, not evidence of non-linearity
 
 
 def test_a_progress_bar_can_be_asked_for(net, capsys):

@@ -103,8 +103,14 @@ class _Evaluator:
         return value, gradient, evals
 
 
-def run(system: System, options: Options, *, start: float | None = None) -> Report:
-    """Plans, evaluates and judges a prepared system under test; returns the report."""
+def run(
+    system: System, options: Options, *, start: float | None = None, noun: str = "backprop"
+) -> Report:
+    """Plans, evaluates and judges a prepared system under test; returns the report.
+
+    ``noun`` names the gradient under test in the leaves' messages (``"rule"`` for a custom
+    differentiation rule, ``"backward"`` for a torch Function).
+    """
     start = time.perf_counter() if start is None else start
     leaves, paths = system.leaves64, system.leaves.paths
     evaluator = _Evaluator(system, options)
@@ -167,6 +173,7 @@ def run(system: System, options: Options, *, start: float | None = None) -> Repo
             tolerances[i],
             options.method,
             rounding_difference=rounding,
+            noun=noun,
         )
     report = _report(system, options, reports, evidence, gradient, start)
     report.diagnosis = _diagnose(system, reports, gradient, evidence, tolerances)

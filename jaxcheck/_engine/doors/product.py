@@ -1,35 +1,62 @@
-"""Checks a hand-written Hessian-vector (or Gauss-Newton-vector) product three ways.
+"""The product doors: a hand-written Hessian-vector (or Gauss-Newton-vector) product, checked
+three ways.
 
-The user's ``hvp(params, v)`` is the system under test, compared along seeded directions (or
-along every basis vector: the full Hessian) with the exact product and with finite differences
-of the twin's gradient, both vmapped over all directions at once under ``jit``.
+The user's ``hvp(params, v)`` is the system under test, compared along seeded directions of
+random norms (or along every scaled basis vector: the full Hessian) with the exact product of
+the twin, all directions in one program. Finite differences of the twin's gradient are taken
+along one random combination ``w`` of the directions, which also tests that the product is
+linear, and along every direction only where the user's product and the exact one disagree or
+``w`` could not confirm the exact product. :func:`check_product` runs any
+:class:`~jaxcheck._engine.evaluate.products.ProductSpec`; :func:`check_hvp` is its front for the
+Hessian and the Gauss-Newton matrix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import numpy as np
 
 from jaxcheck._engine.doors.product_report import HvpReport, _report, _Tally
-from jaxcheck._engine.evaluate.products import Products, rounding
-from jaxcheck._engine.options import Options
+from jaxcheck._engine.evaluate.products import (
+    SPECS,
+    Exact,
+    Products,
+    ProductSpec,
+    gradient_rounding,
+    tolerance_floor,
+)
+from jaxcheck._engine.options import Options, reject_unknown
 from jaxcheck._engine.system.params import Leaves, match_gradient
 from jaxcheck._engine.system.prepare import System, prepare
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Opinions, Tolerance
-from jaxcheck.errors import InputError, JaxcheckError, NondeterminismError, user_code_error
-from jaxcheck.report import Report
+from jaxcheck.errors import (
+    GradientError,
+    InputError,
+    JaxcheckError,
+    NondeterminismError,
+    user_code_error,
+)
 
-__all__ = ["DEFAULT_DIRECTIONS", "FULL_HESSIAN_MAX", "KINDS", "HvpReport", "check_hvp"]
+__all__ = [
+    "DEFAULT_DIRECTIONS",
+    "FULL_HESSIAN_MAX",
+    "KINDS",
+    "HvpReport",
+    "assert_hvp",
+    "check_hvp",
+    "check_product",
+]
 
 #: The products ``hvp`` may compute: the Hessian of the cost, or the Gauss-Newton matrix.
-KINDS = ("hessian", "gauss_newton")
+KINDS = tuple(SPECS)
 #: Random directions when the model is too large for the full Hessian and none are asked for.
 DEFAULT_DIRECTIONS = 16
 #: Models with at most this many parameters are checked along every basis vector (the full
@@ -42,8 +69,10 @@ FULL_HESSIAN_MAX = 1024
 MAX_JUDGED = 65536
 #: Directions per chunk re-evaluated at ±2h for their flagged entries.
 MAX_REFINED = 1024
-
-_CALL = "hvp(params, v)"
+#: Random directions have norms log-uniform in [1/NORM_SPREAD, NORM_SPREAD], and basis vectors
+#: are scaled by as much (with a random sign): a product that normalises v, or is right only on
+#: unit or basis vectors, disagrees with the exact product.
+NORM_SPREAD = 4.0
 
 
 def check_hvp(
@@ -62,21 +91,31 @@ def check_hvp(
     memory_budget: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
-) -> Report:
+    **unknown: Any,
+) -> HvpReport:
     """Checks a hand-written Hessian-vector product three ways and says who is wrong, per leaf.
 
     ``hvp(params, v)`` (Newton-CG, Gauss-Newton, natural-gradient code) is the system under
     test. Along each direction ``v`` three opinions of ``H v`` meet, entry by entry:
 
     - **hvp**: the user's product (the "backprop" columns of the table);
-    - **exact**: ``jax.jvp(jax.grad(twin), (θ,), (v,))`` (the "autodiff" columns);
+    - **exact**: ``jax.jvp(jax.grad(twin), (θ,), (v,))`` (the "autodiff" columns), for every
+      direction in one program;
     - **finite differences** of the twin's gradient, ``(∇J(θ + h v) − ∇J(θ − h v)) / 2h``,
       with the rounding error of the gradient differences (∝ u·|∇J|/h) and, from a second step
-      2h, the truncation error, the one-sided slopes and kinks of the gradient.
+      2h, the truncation error, the one-sided slopes and kinks of the gradient. They are taken
+      along a random combination ``w`` of the directions (one extra call ``hvp(params, w)``,
+      which also tests that hvp is linear: ``hvp(params, w)`` must equal the same combination
+      of the products), and along every direction where hvp and the exact product disagree
+      (or where ``w`` could not confirm the exact product), as :func:`jaxcheck.check` does.
 
-    Both JAX opinions are vmapped over all directions at once under ``jit``, in float64. The
-    verdict per entry is :func:`jaxcheck.check`'s, and each output leaf gets a status, the worst
-    entry and the factor (an ``hvp`` twice too big in ``W2`` says "W2: hvp is 2.00× ...").
+    Directions have random norms, and the full Hessian is taken along randomly scaled basis
+    vectors: a product that normalises ``v``, uses ``|v|``, or is right only on unit or basis
+    vectors is wrong on them. A product that is not linear in ``v`` fails with a sentence
+    saying so (``hvp(params, -2.3·v) ≠ -2.3·hvp(params, v)``).
+
+    The verdict per entry is :func:`jaxcheck.check`'s, and each output leaf gets a status, the
+    worst entry and the factor (an ``hvp`` twice too big in ``W2`` says "W2: hvp is 2.00× ...").
 
     With ``kind="gauss_newton"`` the product is ``Jᵀ H_L J v``: ``J`` is the Jacobian of
     ``model_output`` (params → network outputs) and ``H_L`` the Hessian of ``loss_of_output``
@@ -93,10 +132,13 @@ def check_hvp(
         params: a pytree of floating-point NumPy arrays.
         jax_cost: the JAX twin of ``cost``; ``None`` ports ``cost`` with :func:`jaxcheck.port`.
             Not used with ``kind="gauss_newton"``.
-        directions: ``None``: every basis vector (the full Hessian) for models with at most
-            :data:`FULL_HESSIAN_MAX` parameters, else :data:`DEFAULT_DIRECTIONS` random unit
-            directions; an int: that many random unit directions (seeded); ``"all"``: the full
-            Hessian whatever the size (``hvp`` is called once per parameter).
+        directions: as in :func:`jaxcheck.check`, the random directions each leaf is checked
+            along (per leaf). One product ``hvp(params, v)`` answers for every leaf at once, so
+            the leaves share them: ``k`` directions cost ``k`` calls of ``hvp``, and every
+            leaf's ``checked`` is ``k``. ``None``: every basis vector (the full Hessian) for
+            models with at most :data:`FULL_HESSIAN_MAX` parameters, else
+            :data:`DEFAULT_DIRECTIONS` random directions (seeded); ``"all"``: the full Hessian
+            whatever the size (``hvp`` is called once per parameter).
         kind: ``"hessian"`` or ``"gauss_newton"``.
         model_output: with ``kind="gauss_newton"``, the JAX network, ``params -> outputs`` (an
             array or pytree of arrays).
@@ -106,17 +148,18 @@ def check_hvp(
             output and the params (float64: 1e-7, float32: 1e-3).
         batch_size: directions per vmapped batch; ``None``: from ``memory_budget``.
         memory_budget: bytes a batch may use; ``None``: as in :func:`jaxcheck.check`.
-        seed: a non-negative integer seeding the random directions.
+        seed: a non-negative integer seeding the random directions, their norms and ``w``.
         progress: show a progress bar over the directions on stderr; ``None``: on a terminal,
             when they take more than one chunk.
+        **unknown: none; an unknown option raises an :class:`~jaxcheck.InputError` naming it.
 
     Returns:
-        The :class:`~jaxcheck.Report`: one :class:`~jaxcheck.LeafReport` per output leaf (its
+        The :class:`~jaxcheck.HvpReport`: one :class:`~jaxcheck.LeafReport` per output leaf (its
         ``checked`` counts directions), ``method`` ``"full"`` (full Hessian) or
         ``"directional"``.
 
     Raises:
-        InputError: bad params, product or options (the message names the leaf).
+        InputError: bad params, product or options (the message names the leaf or option).
         UserCodeError: cost, hvp or a JAX function raised.
         NondeterminismError: cost or hvp give different values for the same input.
         ReimplementationError: the twin's cost differs from the NumPy cost at θ.
@@ -138,10 +181,92 @@ def check_hvp(
         >>> report.failing, round(report.leaves["w"].factor, 2)
         (['w'], 2.0)
     """
+    reject_unknown("check_hvp", unknown, _OPTIONS)
+    if not isinstance(kind, str) or kind not in SPECS:
+        raise InputError(f"kind={kind!r} is not one of {KINDS}.")
+    return check_product(
+        SPECS[kind],
+        cost,
+        hvp,
+        params,
+        jax_cost=jax_cost,
+        functions={"model_output": model_output, "loss_of_output": loss_of_output},
+        directions=directions,
+        eps=eps,
+        rtol=rtol,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        seed=seed,
+        progress=progress,
+    )
+
+
+_OPTIONS = tuple(
+    name for name, p in inspect.signature(check_hvp).parameters.items() if p.kind is p.KEYWORD_ONLY
+)
+
+
+def assert_hvp(cost: Callable, hvp: Callable, params: Any, **options: Any) -> HvpReport:
+    """Like :func:`check_hvp`, but raises :class:`jaxcheck.GradientError` when hvp is wrong.
+
+    Args:
+        cost: ``params -> float`` in NumPy.
+        hvp: ``(params, v) -> product`` in NumPy.
+        params: a pytree of float arrays.
+        **options: the keyword options of :func:`check_hvp`.
+
+    Returns:
+        The :class:`~jaxcheck.HvpReport` when the product is correct.
+
+    Raises:
+        GradientError: an ``AssertionError`` whose message is the report's text; also for an
+            inconclusive check, which verifies nothing.
+        InputError: an unknown option (named) or bad input, as for :func:`check_hvp`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import jaxcheck as jc
+        >>> params = {"w": np.array([1.0, 2.0])}
+        >>> cost = lambda p: float(np.sum(p["w"] ** 3))
+        >>> jc.assert_hvp(cost, lambda p, v: {"w": 6 * p["w"] * v["w"]}, params).ok
+        True
+        >>> try:
+        ...     jc.assert_hvp(cost, lambda p, v: {"w": 6 * v["w"]}, params)
+        ... except AssertionError as err:
+        ...     print(type(err).__name__, err.report.failing)
+        GradientError ['w']
+    """
+    reject_unknown("assert_hvp", options, _OPTIONS)
+    report = check_hvp(cost, hvp, params, **options)
+    if not report.ok:
+        raise GradientError(str(report), report)
+    return report
+
+
+def check_product(
+    spec: ProductSpec,
+    cost: Callable,
+    product: Callable,
+    params: Any,
+    *,
+    jax_cost: Callable | None,
+    functions: Mapping[str, Callable | None],
+    directions: int | str | None,
+    eps: float | None,
+    rtol: float | None,
+    batch_size: int | None,
+    memory_budget: int | None,
+    seed: int,
+    progress: bool | None,
+) -> HvpReport:
+    """The engine of every product door: ``product(params, v)`` judged against ``spec``'s
+    references (see :func:`check_hvp` for the arguments)."""
     start = time.perf_counter()
-    if not callable(hvp):
-        raise InputError(f"hvp must be callable (params, v) -> product, got {type(hvp).__name__}.")
-    twin_fn = _twin_function(kind, jax_cost, model_output, loss_of_output)
+    if not callable(product):
+        raise InputError(
+            f"{spec.noun} must be callable (params, v) -> product, got {type(product).__name__}."
+        )
+    twin_fn, given = _twin_function(spec, jax_cost, functions)
     _directions(directions, 0)  # a bad value is told before any user code runs
     options = Options(
         eps=eps,
@@ -156,33 +281,30 @@ def check_hvp(
     leaves = system.leaves
     full, count = _directions(directions, leaves.size)
     source = _Directions(leaves, full, count, options.seed)
-    product = _Product(hvp, leaves)
+    user = _Product(product, leaves, spec)
     with jax.enable_x64(True):
         products = Products(
             system,
-            kind,
-            model_output,
-            loss_of_output,
+            spec,
+            given,
             count,
             eps=options.eps,
             batch_size=options.batch_size,
             memory_budget=options.memory_budget,
         )
         tallies = [_Tally(v.shape) for v in leaves.values]
+        linearity = _Linearity(spec, leaves, source)
         chunks = products.chunks(count)
         bar = _progress(options.progress, count, len(chunks))
         try:
             for rows in chunks:
-                vectors = source.take(rows)
-                user = product.along(vectors)
-                rtols = _rtols(system, product, options.rtol)
-                _judge_chunk(products, tallies, rows, vectors, user, rtols)
+                _check_chunk(products, tallies, linearity, user, source, rows, options.rtol)
                 if bar is not None:
                     bar.update(rows.size)
         finally:
             if bar is not None:
                 bar.close()
-    return _report(system, tallies, product, source, kind, start)
+    return _report(system, tallies, user, source, spec, linearity.findings, start)
 
 
 def _progress(progress: bool | None, count: int, chunks: int) -> Any:
@@ -197,38 +319,35 @@ def _progress(progress: bool | None, count: int, chunks: int) -> Any:
 
 
 def _twin_function(
-    kind: str,
-    jax_cost: Callable | None,
-    model_output: Callable | None,
-    loss_of_output: Callable | None,
-) -> Callable | None:
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise InputError(f"kind={kind!r} is not one of {KINDS}.")
-    if kind == "hessian":
-        for name, value in (("model_output", model_output), ("loss_of_output", loss_of_output)):
-            if value is not None:
-                raise InputError(
-                    f"{name}= only applies to kind='gauss_newton'; for a Hessian-vector product "
-                    f"leave it out (the twin is jax_cost, or the port of cost)."
-                )
-        return jax_cost
+    spec: ProductSpec, jax_cost: Callable | None, functions: Mapping[str, Callable | None]
+) -> tuple[Callable | None, dict[str, Callable]]:
+    """The twin to prepare, and the JAX functions the specification takes."""
+    extra = [name for name, value in functions.items() if value is not None]
+    if not spec.functions:
+        for name in extra:
+            raise InputError(
+                f"{name}= only applies to kind='gauss_newton'; for a {spec.title} leave it out "
+                f"(the twin is jax_cost, or the port of cost)."
+            )
+        return jax_cost, {}
     if jax_cost is not None:
+        listed = " and ".join(f"{name}=" for name in spec.functions)
         raise InputError(
-            "kind='gauss_newton' takes the twin as model_output= and loss_of_output= (the cost "
-            "is loss_of_output(model_output(params))); leave jax_cost= out."
+            f"kind={spec.kind!r} takes the twin as {listed} (the cost is "
+            f"loss_of_output(model_output(params))); leave jax_cost= out."
         )
-    for name, value in (("model_output", model_output), ("loss_of_output", loss_of_output)):
+    for name in spec.functions:
+        value = functions.get(name)
         if not callable(value):
             raise InputError(
-                f"kind='gauss_newton' needs {name}= as a JAX function (model_output: params -> "
+                f"kind={spec.kind!r} needs {name}= as a JAX function (model_output: params -> "
                 f"network outputs; loss_of_output: outputs -> scalar loss); got "
                 f"{type(value).__name__}."
             )
-
-    def twin(params: Any) -> Any:
-        return loss_of_output(model_output(params))
-
-    return twin
+    given: dict[str, Callable] = {name: cast(Callable, functions[name]) for name in spec.functions}
+    if spec.compose is None:
+        raise TypeError(f"the {spec.kind} specification lists functions but cannot compose them")
+    return spec.compose(given), given
 
 
 def _directions(directions: int | str | None, size: int) -> tuple[bool, int]:
@@ -250,7 +369,8 @@ def _directions(directions: int | str | None, size: int) -> tuple[bool, int]:
 
 
 class _Directions:
-    """The unit directions ``v``: basis vectors, or seeded normal vectors, exact in θ's dtypes."""
+    """The directions ``v``: scaled basis vectors, or seeded normal vectors of random norms,
+    exact in θ's dtypes; and per chunk the probe ``w``, a random combination of them."""
 
     def __init__(self, leaves: Leaves, full: bool, count: int, seed: int) -> None:
         self.full, self.count, self.seed = full, count, seed
@@ -259,21 +379,44 @@ class _Directions:
         self.dtypes = [v.dtype for v in leaves.values]
         self.paths = leaves.paths
         self.shapes = [v.shape for v in leaves.values]
+        self.scales: np.ndarray | None = None
+        if full:  # one seeded draw for every basis vector, whatever the chunks
+            rng = np.random.default_rng([seed, 0x5CA1E])
+            signs = rng.choice([-1.0, 1.0], count)
+            self.scales = signs * NORM_SPREAD ** rng.uniform(-1.0, 1.0, count)
+
+    def exact_in_dtypes(self, v: np.ndarray) -> np.ndarray:
+        """``v`` (float64 rows) rounded leaf by leaf to θ's dtypes, back in float64."""
+        v = np.array(v, np.float64)
+        if all(dtype == np.float64 for dtype in self.dtypes):
+            return v
+        for i, (a, b) in enumerate(zip(self.edges[:-1], self.edges[1:])):
+            v[..., a:b] = v[..., a:b].astype(self.dtypes[i]).astype(np.float64)
+        return v
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The float64 directions of ``rows`` (one per row), each representable in θ's dtypes."""
         n = int(self.edges[-1])
         out = np.zeros((rows.size, n))
+        if self.scales is not None:
+            out[np.arange(rows.size), rows] = self.scales[rows]
+            return self.exact_in_dtypes(out)
         for r, k in enumerate(rows):
-            if self.full:
-                out[r, k] = 1.0
-                continue
-            v = np.random.default_rng([self.seed, int(k), 0x4E55]).standard_normal(n)
-            v /= np.linalg.norm(v)
-            for i, (a, b) in enumerate(zip(self.edges[:-1], self.edges[1:])):
-                v[a:b] = v[a:b].astype(self.dtypes[i]).astype(np.float64)
-            out[r] = v
-        return out
+            rng = np.random.default_rng([self.seed, int(k), 0x4E55])
+            norm = NORM_SPREAD ** rng.uniform(-1.0, 1.0)
+            v = rng.standard_normal(n)
+            out[r] = v * (norm / np.linalg.norm(v))
+        return self.exact_in_dtypes(out)
+
+    def combination(self, rows: np.ndarray) -> np.ndarray:
+        """Seeded coefficients of the probe ``w = Σ cₖ·vₖ`` over a chunk's directions."""
+        rng = np.random.default_rng([self.seed, int(rows[0]), 0x3C0])
+        return rng.uniform(0.5, 2.0, rows.size) * rng.choice([-1.0, 1.0], rows.size)
+
+    def scale_factor(self, rows: np.ndarray) -> float:
+        """A seeded factor a ≠ ±1 (negative, so that |v| is caught) for the linearity test."""
+        rng = np.random.default_rng([self.seed, int(rows[0]), 0x5CA])
+        return -float(np.round(rng.uniform(1.3, 3.7), 1))
 
     def column(self, k: int) -> str:
         """The parameter a basis direction points along, as ``"W2[1, 0]"``."""
@@ -283,33 +426,32 @@ class _Directions:
 
 
 class _Product:
-    """The user's ``hvp``, called once per direction with read-only params."""
+    """The user's product, called once per direction with read-only params."""
 
-    def __init__(self, hvp: Callable, leaves: Leaves) -> None:
-        self.hvp, self.leaves = hvp, leaves
+    def __init__(self, product: Callable, leaves: Leaves, spec: ProductSpec) -> None:
+        self.product, self.leaves, self.spec = product, leaves, spec
         values = [v.copy() for v in leaves.values]
         for v in values:
             v.flags.writeable = False
         self.params = leaves.unflatten(values)
-        self.dtypes: list[np.dtype] | None = None
+        self._dtypes: list[np.dtype] | None = None
 
     def call(self, v: Any) -> list[np.ndarray]:
+        subject = self.spec.subject
         try:
-            out = self.hvp(self.params, v)
+            out = self.product(self.params, v)
         except JaxcheckError:
             raise
         except Exception as err:
             hint = None
             if "read-only" in str(err):
                 hint = (
-                    "jaxcheck passes params read-only, so that one hvp call cannot change the "
-                    "point of the next: compute into new arrays instead of updating params."
+                    f"jaxcheck passes params read-only, so that one {self.spec.noun} call cannot "
+                    f"change the point of the next: compute into new arrays instead of updating "
+                    f"params."
                 )
-            raise user_code_error(err, _CALL, hint=hint) from err
-        try:
-            return match_gradient(out, self.leaves)
-        except InputError as err:
-            raise InputError(str(err).replace("grad(params)", _CALL)) from None
+            raise user_code_error(err, subject, hint=hint) from err
+        return match_gradient(out, self.leaves, what=subject)
 
     def along(self, vectors: np.ndarray) -> np.ndarray:
         """The user's products along ``vectors`` as float64 rows (one per direction)."""
@@ -324,19 +466,29 @@ class _Product:
                 ]
             )
             parts = self.call(v)
-            if self.dtypes is None:
-                again = self.call(v)
-                for path, x, y in zip(leaves.paths, parts, again):
-                    if not np.allclose(x, y, rtol=1e-12, atol=0.0, equal_nan=True):
-                        raise NondeterminismError(
-                            f"hvp(params, v) returned different values for leaf {path!r} on two "
-                            f"calls with the same params and v. A product check needs hvp to be "
-                            f"a pure function: freeze any randomness (dropout masks, sampled "
-                            f"batches) outside it."
-                        )
-                self.dtypes = [np.dtype(p.dtype) for p in parts]
+            if self._dtypes is None:
+                self._check_pure(v, parts)
+                self._dtypes = [np.dtype(p.dtype) for p in parts]
             out[r] = np.concatenate([p.reshape(-1) for p in parts])
         return out
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        """The dtypes of the product's leaves, known once it has been called."""
+        if self._dtypes is None:
+            raise RuntimeError("the product's dtypes are known only after its first call")
+        return self._dtypes
+
+    def _check_pure(self, v: Any, parts: list[np.ndarray]) -> None:
+        again = self.call(v)
+        for path, x, y in zip(self.leaves.paths, parts, again):
+            if not np.allclose(x, y, rtol=1e-12, atol=0.0, equal_nan=True):
+                raise NondeterminismError(
+                    f"{self.spec.subject} returned different values for leaf {path!r} on two "
+                    f"calls with the same params and v. A product check needs "
+                    f"{self.spec.noun} to be a pure function: freeze any randomness (dropout "
+                    f"masks, sampled batches) outside it."
+                )
 
 
 def _rtols(system: System, product: _Product, rtol: float | None) -> np.ndarray:
@@ -351,23 +503,198 @@ def _rtols(system: System, product: _Product, rtol: float | None) -> np.ndarray:
 # --------------------------------------------------------------------------- judging
 
 
+def _check_chunk(
+    products: Products,
+    tallies: list[_Tally],
+    linearity: _Linearity,
+    user: _Product,
+    source: _Directions,
+    rows: np.ndarray,
+    rtol: float | None,
+) -> None:
+    """One chunk: the user's products, the exact ones and the probe ``w`` (one program); finite
+    differences along the directions that need them."""
+    vectors = source.take(rows)
+    bp = user.along(vectors)
+    rtols = _rtols(products.system, user, rtol)
+    coefficients = source.combination(rows)
+    w = source.exact_in_dtypes(coefficients @ vectors)
+    bp_w = user.along(w[None])[0]
+    steps, h_w = products.steps(vectors), float(products.steps(w[None])[0])
+    exact = products.exact(vectors, w, h_w)
+    edges, owner = products.edges, products.owner
+    floor = _per_leaf(np.abs(exact.g0)[None], edges)[:, 0]
+    scale = _per_leaf(np.nan_to_num(np.abs(exact.products), nan=0.0, posinf=0.0), edges)
+    atol, _ = tolerance_floor(rtols, scale, floor, steps)
+    excess = vd.tolerance_excess(bp, exact.products, rtols[owner], atol.T[:, owner])
+    linearity.check(user, rows, vectors, bp, coefficients, bp_w, rtols, atol, edges)
+    need = np.zeros(rows.size, bool)
+    if products.has_finite_differences:
+        clean = _probe_w(tallies, exact, bp_w, h_w, rtols, floor, edges)
+        need = np.any(excess > 0, axis=1) | (not clean)
+    keep = ~need
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        tallies[i].add_exact(
+            rows[keep],
+            bp[keep, a:b],
+            exact.products[keep, a:b],
+            excess[keep, a:b],
+            steps[keep],
+            float(rtols[i]),
+        )
+    if need.any():
+        _judge_chunk(
+            products, tallies, rows[need], vectors[need], bp[need], exact.products[need], rtols
+        )
+
+
+def _per_leaf(x: np.ndarray, edges: Sequence[int]) -> np.ndarray:
+    """(rows, N) → (leaves, rows): the largest entry of each leaf (0 for an empty leaf)."""
+    return np.stack([np.max(x[:, a:b], axis=1, initial=0.0) for a, b in zip(edges, edges[1:])])
+
+
+def _probe_w(
+    tallies: list[_Tally],
+    exact: Exact,
+    bp_w: np.ndarray,
+    h_w: float,
+    rtols: np.ndarray,
+    floor: np.ndarray,
+    edges: Sequence[int],
+) -> bool:
+    """Whether finite differences along ``w`` confirm the exact product there; adds the probe's
+    finite differences and the kinks it crossed to the leaves.
+
+    The exact product is judged as if it were the user's: every entry ``ok``, or ``kink``
+    (the gradient's one-sided slopes along ``w`` differ and the exact product lies between
+    them: finite differences along the directions themselves could not confirm more). Where
+    they stray from it beyond their error (``fd-unreliable``: a wrong twin, or a step too large
+    or too small), every direction of the chunk gets finite differences of its own.
+    """
+    if exact.displaced_w is None:
+        return False
+    up, down, up2, down2 = exact.displaced_w
+    clean = True
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        n, ad = b - a, exact.along_w[a:b]
+        h = np.full(n, h_w)
+        op = _opinions(ad, ad, up[a:b], down[a:b], exact.g0[a:b], h, float(floor[i]))
+        _add_double(op, up2[a:b], down2[a:b], exact.g0[a:b], h, float(floor[i]))
+        scale = float(np.max(np.abs(ad), initial=0.0)) if np.all(np.isfinite(ad)) else 0.0
+        atol, fd_atol = tolerance_floor(
+            rtols[i : i + 1], np.array([[scale]]), floor[i : i + 1], np.array([h_w])
+        )
+        tol = Tolerance(float(rtols[i]), float(atol[0, 0]), vd.FD_RTOL, float(fd_atol[0, 0]), scale)
+        classes = vd.classify(op, tol)
+        clean &= bool(np.all((classes == vd.OK) | (classes == vd.KINK)))
+        kinks = np.flatnonzero(classes == vd.KINK)
+        tallies[i].add_probe(bp_w[a:b], ad, op.finite, op.error, kinks)
+    return clean
+
+
+class _Linearity:
+    """Tests that the user's product is linear in ``v``: ``product(params, w)`` against the same
+    combination of the products along the chunk's directions, and, where that fails, against
+    ``a·product(params, v)`` along ``a·v`` to say whether homogeneity or additivity broke.
+
+    The tolerance is the dtype's rtol of each product's size: each product may differ from the
+    exact one by that much, so their combination may differ from another by as much.
+    """
+
+    def __init__(self, spec: ProductSpec, leaves: Leaves, source: _Directions) -> None:
+        self.spec, self.leaves, self.source = spec, leaves, source
+        #: per leaf path, the clause saying how the product is not linear ("hvp is not ...").
+        self.findings: dict[str, str] = {}
+
+    def check(
+        self,
+        user: _Product,
+        rows: np.ndarray,
+        vectors: np.ndarray,
+        bp: np.ndarray,
+        coefficients: np.ndarray,
+        bp_w: np.ndarray,
+        rtols: np.ndarray,
+        atol: np.ndarray,
+        edges: Sequence[int],
+    ) -> None:
+        combination = coefficients @ bp
+        sizes = np.abs(coefficients) @ np.abs(bp)
+        failed = self._failing(
+            bp_w, combination, sizes, 1 + np.sum(np.abs(coefficients)), rtols, atol, edges
+        )
+        if not failed:
+            return
+        a = self.source.scale_factor(rows)
+        scaled = self.source.exact_in_dtypes(a * vectors[0])
+        bp_a = user.along(scaled[None])[0]
+        homogeneous = self._failing(
+            bp_a, a * bp[0], np.abs(a * bp[0]), 1 + abs(a), rtols, atol, edges
+        )
+        for i, at in failed.items():
+            path = self.leaves.paths[i]
+            if path in self.findings:
+                continue
+            if i in homogeneous:
+                j = homogeneous[i]
+                got, want = self.spec.call(f"{a:g}·v"), f"{a:g}·{self.spec.subject}"
+                values = (bp_a[edges[i] + j], a * bp[0, edges[i] + j])
+            else:
+                j = at
+                got = self.spec.call("Σ cₖ·vₖ")
+                want = f"Σ cₖ·{self.spec.call('vₖ')}"
+                values = (bp_w[edges[i] + j], combination[edges[i] + j])
+            kind = "linear" if i in homogeneous else "additive"
+            index = list(int(k) for k in np.unravel_index(j, self.leaves.values[i].shape))
+            self.findings[path] = (
+                f"{self.spec.noun} is not {kind} in v: {got} ≠ {want} (at {index}: "
+                f"{values[0]:.6g} against {values[1]:.6g}); the true product is linear in v."
+            )
+
+    @staticmethod
+    def _failing(
+        got: np.ndarray,
+        want: np.ndarray,
+        sizes: np.ndarray,
+        weight: float,
+        rtols: np.ndarray,
+        atol: np.ndarray,
+        edges: Sequence[int],
+    ) -> dict[int, int]:
+        """Per leaf where ``got`` is not ``want`` within the tolerance, the flat index of its
+        worst entry."""
+        out = {}
+        for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            slack = weight * float(np.max(atol[i], initial=0.0))
+            over = vd.tolerance_excess(
+                got[a:b], want[a:b], 0.0, rtols[i] * (np.abs(got[a:b]) + sizes[a:b]) + slack
+            )
+            # Where the combination itself is not finite (hvp gave NaN or inf along some
+            # direction), the entry is already wrong on its own and says nothing of linearity.
+            over = np.where(np.isfinite(want[a:b]), over, -np.inf)
+            if over.size and np.max(over) > 0:
+                out[i] = int(np.argmax(over))
+        return out
+
+
 def _judge_chunk(
     products: Products,
     tallies: list[_Tally],
     rows: np.ndarray,
     vectors: np.ndarray,
     user: np.ndarray,
+    exact: np.ndarray,
     rtols: np.ndarray,
 ) -> None:
-    """Judges one chunk: the screen's sums for every entry, one by one for the flagged ones.
+    """Judges directions with finite differences: the screen's sums for every entry, one by one
+    for the flagged ones.
 
     Flagged entries (at most :data:`MAX_JUDGED` per leaf, those furthest from the exact product
     first) get :func:`jaxcheck._engine.verdict.classify.classify`, with the gradient at ±2h for
-    their
-    directions; any others are counted by the user's product against the exact one alone.
+    their directions; any others are counted by the user's product against the exact one alone.
     """
     steps = products.steps(vectors)
-    chunk = products.evaluate(vectors, steps, user, rtols)
+    chunk = products.evaluate(vectors, steps, user, exact, rtols)
     edges = products.edges
     picks = []
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
@@ -375,10 +702,9 @@ def _judge_chunk(
         flat = np.flatnonzero(chunk.flagged[:, a:b])
         if flat.size > MAX_JUDGED:
             r, j = np.divmod(flat, n)
-            bp, ad = user[r, a + j], chunk.exact[r, a + j]
-            with np.errstate(invalid="ignore", over="ignore"):
-                excess = np.abs(bp - ad) - (rtols[i] * (np.abs(bp) + np.abs(ad)) + chunk.atol[i, r])
-            excess = np.nan_to_num(excess, nan=np.inf)
+            excess = vd.tolerance_excess(
+                user[r, a + j], chunk.exact[r, a + j], rtols[i], chunk.atol[i, r]
+            )
             flat = np.sort(flat[np.argsort(-excess, kind="stable")[:MAX_JUDGED]])
         picks.append(flat)
     up2, down2, refined = chunk.up2, chunk.down2, None
@@ -402,7 +728,7 @@ def _judge_chunk(
             steps[r],
             float(chunk.floor[i]),
         )
-        if up2 is not None:
+        if up2 is not None and down2 is not None:
             at = r if refined is None else refined[r]
             has = at >= 0
             sub = _take(op, has)
@@ -445,7 +771,7 @@ def _opinions(
         finite = (up - down) / (2 * h)
         slope_up = (up - g0) / h
         slope_down = (g0 - down) / h
-    error = rounding(up, down, floor, 2 * h)
+    error = gradient_rounding(up, down, floor, 2 * h)
     return Opinions(
         bp,
         ad,
@@ -472,8 +798,11 @@ def _add_double(
         finite_2h = (up2 - down2) / (4 * h)
         slope_up_2h = (up2 - g0) / (2 * h)
         slope_down_2h = (g0 - down2) / (2 * h)
-        truncation = np.abs(finite_2h - op.finite) / 3
-    rounding_2h = rounding(up2, down2, floor, 4 * h)
+        # As in the gradient path (verdict.evidence): Richardson would divide by 3 for a smooth
+        # gradient; undivided, the change between h and 2h also bounds noise that does not
+        # scale like h².
+        truncation = np.abs(finite_2h - op.finite)
+    rounding_2h = gradient_rounding(up2, down2, floor, 4 * h)
     op.error = op.rounding + truncation + rounding_2h
     # Where the gradient has a kink (ReLU², max) or a jump (ReLU, abs) within θ ± 2h·v, the gap
     # between the one-sided slopes does not grow with the step as it does where it is smooth.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxcheck._engine.evaluate.products import SUMS, Chunk
+from jaxcheck._engine.evaluate.products import SUMS, Chunk, ProductSpec
 from jaxcheck._engine.system.prepare import System
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Status
@@ -31,9 +31,12 @@ class _Tally:
         self.shape = shape
         self.size = math.prod(shape)
         self.counts = np.zeros(len(Status), np.int64)
-        self.sums = dict.fromkeys(SUMS, 0.0)
+        # The screen's sums, and bp², ad² over the probes that have finite differences.
+        self.sums = dict.fromkeys((*SUMS, "fdbp2", "fdad2"), 0.0)
         self.worst = (-np.inf, 0, 0, float("nan"), float("nan"))  # excess, direction, entry, bp, ad
         self.kinks: set[int] = set()
+        self.probe_kinks = False  # the probe w crossed a kink where nothing else was flagged
+        self.finite_differences = False  # whether any were taken (else their differences: NaN)
         self.directions = 0
         self.step = 0.0
         self.rtol = 0.0
@@ -56,8 +59,11 @@ class _Tally:
         Flagged entries left unjudged (beyond :data:`MAX_JUDGED`) count as ``backprop`` where
         hvp disagrees with the exact product and ``fd-unreliable`` elsewhere.
         """
+        self.finite_differences = True
         for key, value in zip(SUMS, chunk.sums[i]):
             self.sums[key] += float(value)
+        self.sums["fdbp2"] += float(chunk.sums[i][0])
+        self.sums["fdad2"] += float(chunk.sums[i][1])
         self.counts += np.bincount(classes, minlength=len(Status))
         flagged = int(chunk.flagged_count[i])
         unjudged = flagged - classes.size
@@ -75,14 +81,73 @@ class _Tally:
         self.step = max(self.step, float(np.max(steps, initial=0.0)))
         self.rtol = rtol
 
+    def add_exact(
+        self,
+        rows: np.ndarray,
+        bp: np.ndarray,
+        ad: np.ndarray,
+        excess: np.ndarray,
+        steps: np.ndarray,
+        rtol: float,
+    ) -> None:
+        """Adds directions judged against the exact product alone (``excess``: how far each
+        entry is beyond tolerance): agreeing entries are ``ok``, the others ``backprop``."""
+        if rows.size == 0:
+            return
+        agree = excess <= 0
+        self.counts[vd.OK] += int(np.sum(agree))
+        self.counts[vd.BACKPROP] += int(np.sum(~agree))
+        with np.errstate(invalid="ignore", over="ignore"):
+            for key, value in (("bp2", bp * bp), ("ad2", ad * ad), ("bp_ad", bp * ad)):
+                self.sums[key] += float(np.sum(value))
+            self.sums["bp-ad"] += float(np.sum((bp - ad) ** 2))
+        if excess.size:
+            r, j = np.unravel_index(int(np.argmax(excess)), excess.shape)
+            if excess[r, j] > self.worst[0]:
+                self.worst = (float(excess[r, j]), int(rows[r]), int(j), bp[r, j], ad[r, j])
+        self.directions += rows.size
+        self.step = max(self.step, float(np.max(steps, initial=0.0)))
+        self.rtol = rtol
+
+    def add_probe(
+        self, bp: np.ndarray, ad: np.ndarray, fd: np.ndarray, err: np.ndarray, kinks: np.ndarray
+    ) -> None:
+        """Adds the finite differences along a probe direction that is not one of the check's
+        (its entries are not counted; they enter the differences with finite differences), and
+        the entries where it crossed a kink of the gradient."""
+        self.finite_differences = True
+        if kinks.size:
+            self.probe_kinks = True
+            for j in kinks[: max(0, MAX_KINKS - len(self.kinks))]:
+                self.kinks.add(int(j))
+        with np.errstate(invalid="ignore", over="ignore"):
+            for key, value in (
+                ("fdbp2", bp * bp),
+                ("fdad2", ad * ad),
+                ("fd2", fd * fd),
+                ("bp-fd", (bp - fd) ** 2),
+                ("fd-ad", (fd - ad) ** 2),
+                ("err2", err * err),
+            ):
+                self.sums[key] += float(np.sum(value))
+
     @property
     def status(self) -> Status:
         codes = np.flatnonzero(self.counts)
-        return list(Status)[int(codes[0])] if codes.size else Status.OK
+        code = int(codes[0]) if codes.size else vd.OK
+        if self.probe_kinks:
+            code = min(code, vd.KINK)
+        return list(Status)[code]
 
     def difference(self, a: str, b: str) -> float:
+        """The classic relative difference of two opinions, over the probes both were taken on
+        (finite differences: only where they were)."""
+        prefix = "fd" if "fd" in (a, b) else ""
+        if prefix and not self.finite_differences:
+            return float("nan")
+        norms = [self.sums["fd2" if x == "fd" else f"{prefix}{x}2"] for x in (a, b)]
         num = math.sqrt(max(self.sums[f"{a}-{b}"], 0.0))
-        den = math.sqrt(self.sums[f"{a}2"]) + math.sqrt(self.sums[f"{b}2"])
+        den = math.sqrt(norms[0]) + math.sqrt(norms[1])
         if not (math.isfinite(num) and math.isfinite(den)):
             return float("nan")
         if den == 0.0:
@@ -102,37 +167,46 @@ class HvpReport(Report):
 
     Attributes:
         kind: ``"hessian"`` or ``"gauss_newton"``.
-        directions: how many directions were checked.
-        seed: the seed of the random directions (unused for the full Hessian).
+        directions: how many directions were checked (each leaf along every one of them).
+        seed: the seed of the random directions (and of their norms and the probe ``w``).
+        title: the product in words (``"Hessian-vector product"``).
+        noun: the user's function in sentences (``"hvp"``).
+        witnesses: the references in words.
+        nonlinear: the leaves where the product failed the linearity test.
     """
 
     kind: str = "hessian"
     directions: int = 0
     seed: int = 0
+    title: str = "Hessian-vector product"
+    noun: str = "hvp"
+    witnesses: str = "the exact product and finite differences of the gradient"
+    nonlinear: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def product(self) -> str:
         """The product in words."""
-        return "Gauss-Newton product" if self.kind == "gauss_newton" else "Hessian-vector product"
+        return self.title
 
     @property
     def verdict(self) -> str:
         """The verdict in words, one sentence per finding."""
         notes = [leaf.message for leaf in self.leaves.values() if leaf.message]
+        noun = self.noun
         if self.failing:
-            head = f"{self.product} WRONG in {', '.join(self.failing)}."
+            head = f"{self.title} WRONG in {', '.join(self.failing)}."
         elif self.inconclusive:
             head = (
-                f"{self.product} NOT VERIFIED in {', '.join(self.inconclusive)}: hvp and the "
+                f"{self.title} NOT VERIFIED in {', '.join(self.inconclusive)}: {noun} and the "
                 f"exact product disagree there and finite differences cannot tell which is right."
             )
         elif any(leaf.status == Status.TWIN for leaf in self.leaves.values()):
             head = (
-                "hvp agrees with finite differences of the gradient, but the exact product of "
-                "the JAX twin does not: fix the twin; hvp is not blamed."
+                f"{noun} agrees with finite differences of the gradient, but the exact product "
+                f"of the JAX twin does not: fix the twin; {noun} is not blamed."
             )
         else:
-            head = f"{self.product} correct: hvp agrees with {_witnesses(self.kind)}" + (
+            head = f"{self.title} correct: {noun} agrees with {self.witnesses}" + (
                 " (notes below)." if notes else "."
             )
         return "\n".join([head, *notes])
@@ -146,22 +220,22 @@ class HvpReport(Report):
             else f"{self.directions} random directions (seed {self.seed})"
         )
         return (
-            f"jaxcheck: {self.product} check along {along}, {size} parameters in {n} "
-            f"lea{'f' if n == 1 else 'ves'} ({self.dtype} hvp, {self.twin} JAX twin, cost "
-            f"{self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})"
+            f"jaxcheck: {self.title} check along {along}, {size} parameters in {n} "
+            f"lea{'f' if n == 1 else 'ves'} ({self.dtype} {self.noun}, {self.twin} JAX twin, "
+            f"cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})"
         )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the whole report, saying what was checked."""
         out = super().to_dict()
-        out.update(check="hvp", kind=self.kind, directions=self.directions, seed=self.seed)
+        out.update(
+            check="hvp",
+            kind=self.kind,
+            directions=self.directions,
+            seed=self.seed,
+            nonlinear=list(self.nonlinear),
+        )
         return out
-
-
-def _witnesses(kind: str) -> str:
-    if kind == "gauss_newton":
-        return "the exact Gauss-Newton product and finite differences of the linearised gradient"
-    return "the exact product and finite differences of the gradient"
 
 
 def _report(
@@ -169,16 +243,26 @@ def _report(
     tallies: list[_Tally],
     product: _Product,
     source: _Directions,
-    kind: str,
+    spec: ProductSpec,
+    findings: dict[str, str],
     start: float,
-) -> Report:
+) -> HvpReport:
     method = "full" if source.full else "directional"
     leaves = {}
     whole = _Tally(())
     for i, (path, tally) in enumerate(zip(system.leaves.paths, tallies)):
-        leaves[path] = _leaf(path, tally, product.dtypes[i], method, source, kind)
+        leaf = _leaf(path, tally, product.dtypes[i], method, source, spec)
+        if path in findings:
+            # Not linear in v: wrong whatever the directions say (the true product is linear).
+            leaf.status, leaf.ok = Status.BACKPROP, False
+            if leaf.message:
+                leaf.message = f"{leaf.message.rstrip('.')}; and {findings[path]}"
+            else:
+                leaf.message = f"{path}: {findings[path]}"
+        leaves[path] = leaf
         for key, value in tally.sums.items():
             whole.sums[key] += value
+        whole.finite_differences |= tally.finite_differences
     dtype = max(
         [np.dtype(v.dtype) for v in system.leaves.values] + list(product.dtypes), key=vd.epsilon
     )
@@ -194,14 +278,18 @@ def _report(
         dtype=str(dtype),
         twin=system.twin_kind,
         seconds=time.perf_counter() - start,
-        kind=kind,
+        kind=spec.kind,
         directions=source.count,
         seed=source.seed,
+        title=spec.title,
+        noun=spec.noun,
+        witnesses=spec.witnesses,
+        nonlinear=[p for p in system.leaves.paths if p in findings],
     )
 
 
 def _leaf(
-    path: str, tally: _Tally, dtype: np.dtype, method: str, source: _Directions, kind: str
+    path: str, tally: _Tally, dtype: np.dtype, method: str, source: _Directions, spec: ProductSpec
 ) -> LeafReport:
     status = tally.status
     s = tally.sums
@@ -215,7 +303,7 @@ def _leaf(
             factor = ratio
     _, direction, entry, bp, ad = tally.worst
     index = tuple(int(j) for j in np.unravel_index(entry, tally.shape)) if tally.shape else ()
-    den = math.sqrt(s["fd2"]) + math.sqrt(s["ad2"])
+    den = math.sqrt(s["fd2"]) + math.sqrt(s["fdad2"])
     leaf = LeafReport(
         path=path,
         shape=tuple(tally.shape),
@@ -229,8 +317,8 @@ def _leaf(
         ratio=ratio,
         factor=factor,
         worst_index=index,
-        worst_backprop=bp,
-        worst_autodiff=ad,
+        worst_backprop=float(bp),
+        worst_autodiff=float(ad),
         kinks=sorted(
             tuple(int(j) for j in np.unravel_index(k, tally.shape)) if tally.shape else ()
             for k in tally.kinks
@@ -246,55 +334,53 @@ def _leaf(
     where = f"at {list(index)} along direction {direction}"
     if source.full:
         where = f"at H[{path}{list(index)}, {source.column(direction)}]"
-    leaf.message = _message(leaf, tally, where, kind)
+    leaf.message = _message(leaf, tally, where, spec)
     return leaf
 
 
-def _message(leaf: LeafReport, tally: _Tally, where: str, kind: str) -> str:
-    path, status = leaf.path, leaf.status
+def _message(leaf: LeafReport, tally: _Tally, where: str, spec: ProductSpec) -> str:
+    path, status, noun = leaf.path, leaf.status, spec.noun
     entries = tally.size * tally.directions
-    exact = "the exact Gauss-Newton product" if kind == "gauss_newton" else "the exact product"
+    exact, witnesses = spec.exact, spec.witnesses
+    _, _, _, bp, ad = tally.worst
     if status == Status.BACKPROP:
-        if not math.isfinite(leaf.worst_backprop) and math.isfinite(leaf.worst_autodiff):
-            return (
-                f"{path}: hvp is {leaf.worst_backprop} {where} where {exact} is "
-                f"{leaf.worst_autodiff:.6g}."
-            )
+        if not math.isfinite(bp) and math.isfinite(ad):
+            return f"{path}: {noun} is {float(bp)} {where} where {exact} is {float(ad):.6g}."
         if leaf.factor is not None:
             if abs(leaf.factor + 1) < 1e-3:
-                return f"{path}: hvp has the wrong sign (−1.00× {_witnesses(kind)})."
-            return f"{path}: hvp is {leaf.factor:.2f}× {_witnesses(kind)}."
+                return f"{path}: {noun} has the wrong sign (−1.00× {witnesses})."
+            return f"{path}: {noun} is {leaf.factor:.2f}× {witnesses}."
         return (
-            f"{path}: hvp disagrees with {_witnesses(kind)} at {leaf.wrong} of {entries} entries "
-            f"({tally.directions} directions); worst {where}: hvp {leaf.worst_backprop:.6g}, "
+            f"{path}: {noun} disagrees with {witnesses} at {leaf.wrong} of {entries} entries "
+            f"({tally.directions} directions); worst {where}: {noun} {leaf.worst_backprop:.6g}, "
             f"exact {leaf.worst_autodiff:.6g}."
         )
     if status == Status.INCONCLUSIVE:
         count = int(tally.counts[vd.INCONCLUSIVE])
         return (
-            f"{path}: hvp and {exact} disagree at {count} of {entries} entries (worst {where}: "
-            f"hvp {leaf.worst_backprop:.6g}, exact {leaf.worst_autodiff:.6g}) and finite "
-            f"differences of the gradient are too imprecise there to say which is right "
+            f"{path}: {noun} and {exact} disagree at {count} of {entries} entries (worst "
+            f"{where}: {noun} {leaf.worst_backprop:.6g}, exact {leaf.worst_autodiff:.6g}) and "
+            f"{spec.finite_differences} are too imprecise there to say which is right "
             f"(estimated error {leaf.fd_error:.1e}); not judged. Try another eps=."
         )
     if status == Status.TWIN:
         count = int(tally.counts[vd.TWIN])
         return (
-            f"{path}: {exact} of the JAX twin disagrees with finite differences of its gradient "
-            f"at {count} entries while hvp agrees with them: the twin's second derivatives are "
-            f"wrong there (a custom_jvp or custom_vjp rule, stop_gradient), not your hvp."
+            f"{path}: {exact} of the JAX twin disagrees with {spec.finite_differences} at "
+            f"{count} entries while {noun} agrees with them: the twin's second derivatives are "
+            f"wrong there (a custom_jvp or custom_vjp rule, stop_gradient), not your {noun}."
         )
     if status == Status.KINK:
         count = len(leaf.kinks) or int(tally.counts[vd.KINK])
         return (
             f"{path}: {count} {'entry sits' if count == 1 else 'entries sit'} on a kink of the "
-            f"gradient (its one-sided slopes differ: ReLU, max, abs); hvp lies between them "
+            f"gradient (its one-sided slopes differ: ReLU, max, abs); {noun} lies between them "
             f"there, so this is not a bug."
         )
     if status == Status.FD_UNRELIABLE:
         count = int(tally.counts[vd.FD_UNRELIABLE])
         return (
-            f"{path}: finite differences of the gradient strayed at {count} entries where hvp "
-            f"and {exact} agree (step {leaf.step:.1e}); not a bug."
+            f"{path}: {spec.finite_differences} strayed at {count} entries where {noun} and "
+            f"{exact} agree (step {leaf.step:.1e}); not a bug."
         )
     return ""

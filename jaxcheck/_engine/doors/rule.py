@@ -17,14 +17,25 @@ import numpy as np
 
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule_report import RuleReport
-from jaxcheck._engine.options import Options
+from jaxcheck._engine.options import Options, reject_unknown
 from jaxcheck._engine.system.arguments import argument_names
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
-from jaxcheck.errors import InputError, JaxcheckError, ReimplementationError, user_code_error
-from jaxcheck.report import Report
+from jaxcheck.errors import (
+    GradientError,
+    InputError,
+    JaxcheckError,
+    ReimplementationError,
+    user_code_error,
+)
 
-__all__ = ["EXPECTATIONS", "check_rule"]
+__all__ = [
+    "EXPECTATIONS",
+    "RuleReport",
+    "assert_rule",
+    "check_rule",
+    "reference_gap",
+]
 
 #: What the rule is expected to be: the derivative of the function, or a deliberate surrogate.
 EXPECTATIONS = ("derivative", "surrogate")
@@ -42,7 +53,7 @@ def check_rule(
     expected: str = "derivative",
     seed: int = 0,
     **options: Any,
-) -> Report:
+) -> RuleReport:
     """Checks the custom differentiation rule of a JAX function, leaf by leaf.
 
     ``f`` carries a ``jax.custom_vjp`` or ``jax.custom_jvp`` rule; the rule is the system under
@@ -78,7 +89,7 @@ def check_rule(
             ``progress``, ``devices``, ``incremental``, ...), with the same meaning.
 
     Returns:
-        A :class:`~jaxcheck.Report` whose leaves are named by ``f``'s parameters (``"x"``,
+        A :class:`~jaxcheck.RuleReport` whose leaves are named by ``f``'s parameters (``"x"``,
         ``"beta"``) and, in pytree arguments, their paths (``"params/W"``); ``backprop`` in it
         is the rule's vjp.
 
@@ -136,7 +147,7 @@ def check_rule(
     )
     if reference is None:
         system.autodiff = False  # jax.grad of f would run the rule under test
-    report = run(system, opts, start=start)
+    report = run(system, opts, start=start, noun="rule")
     return RuleReport.from_report(
         report,
         subject=f"the custom rule of {function}",
@@ -221,17 +232,64 @@ def _call(fn: Callable, args: Sequence[Any], what: str) -> Any:
         raise user_code_error(err, what) from err
 
 
-def _options(seed: int, options: dict[str, Any]) -> Options:
+def _options(seed: int, options: dict[str, Any], door: str = "check_rule") -> Options:
+    """The engine's options of a rule door (``door`` names it in errors)."""
     if "twin" in options:
         raise InputError(
-            "twin= does not apply to check_rule: the JAX function itself gives the finite "
-            "differences; pass reference= for the autodiff opinion."
+            f"twin= does not apply to {door}: the function itself gives the finite "
+            f"differences; pass reference= for the autodiff opinion."
         )
-    allowed = sorted(f.name for f in dataclasses.fields(Options) if f.name not in ("seed", "twin"))
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise InputError(f"check_rule got unknown options {unknown}; it takes {allowed}.")
+    reject_unknown(door, options, _ENGINE_OPTIONS)
     return Options(seed=seed, twin="required", **options)
+
+
+#: The engine's options check_rule passes through (its own are reference, expected, seed).
+_ENGINE_OPTIONS = tuple(
+    f.name for f in dataclasses.fields(Options) if f.name not in ("seed", "twin")
+)
+
+
+def assert_rule(f: Callable, *args: Any, **options: Any) -> RuleReport:
+    """Like :func:`check_rule`, but raises :class:`jaxcheck.GradientError` when the rule is wrong.
+
+    Args:
+        f: a JAX function with a ``jax.custom_vjp`` or ``jax.custom_jvp`` rule.
+        *args: its arguments.
+        **options: ``reference``, ``expected``, ``seed`` and the other keyword options of
+            :func:`check_rule`.
+
+    Returns:
+        The :class:`~jaxcheck.RuleReport` when the rule is correct (or a declared surrogate).
+
+    Raises:
+        GradientError: an ``AssertionError`` whose message is the report's text; also for an
+            inconclusive check, which verifies nothing.
+        InputError: an unknown option (named) or bad input, as for :func:`check_rule`.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> import numpy as np
+        >>> import jaxcheck as jc
+        >>> @jax.custom_vjp
+        ... def cube(x):
+        ...     return x**3
+        >>> cube.defvjp(lambda x: (x**3, x), lambda x, g: (3 * x**2 * g,))
+        >>> jc.assert_rule(cube, np.array([0.5, -2.0])).ok
+        True
+        >>> cube.defvjp(lambda x: (x**3, x), lambda x, g: (2 * x**2 * g,))
+        >>> try:
+        ...     jc.assert_rule(cube, np.array([0.5, -2.0]))
+        ... except AssertionError as err:
+        ...     print(type(err).__name__, err.report.failing)
+        GradientError ['x']
+    """
+    own = ("reference", "expected", "seed")
+    reject_unknown("assert_rule", options, own + _ENGINE_OPTIONS)
+    report = check_rule(f, *args, **options)
+    if not report.ok:
+        raise GradientError(str(report), report)
+    return report
 
 
 # --------------------------------------------------------------------------- the opinions

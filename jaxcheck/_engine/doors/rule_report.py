@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from jaxcheck._engine.verdict.classify import Status
@@ -38,11 +37,12 @@ class RuleReport(Report):
 
     @classmethod
     def from_report(cls, report: Report, **fields: Any) -> RuleReport:
-        """The engine's report, about the rule; not judged when the rule is a surrogate."""
+        """The engine's report, about the rule; not judged when the rule is a surrogate.
+
+        The engine writes the leaves' messages about the rule already (``run(..., noun=)``).
+        """
         base = {f.name: getattr(report, f.name) for f in dataclasses.fields(Report)}
         out = cls(**{**base, **fields})
-        for leaf in out.leaves.values():
-            leaf.message = _about_rule(leaf.message, out.noun)
         if out.expected == "surrogate":
             out.ok = True
             for leaf in out.leaves.values():
@@ -122,17 +122,13 @@ class RuleReport(Report):
                     row[-1] = "not judged"
         return rows
 
-    def __str__(self) -> str:
-        text = super().__str__()
-        # The engine's closing note speaks of backprop; here backprop is the rule's vjp.
-        text = re.sub(
-            r"Two-way check: backprop was judged.*$",
+    def _closing_notes(self) -> list[str]:
+        if self.twin != "none" and self.autodiff:
+            return []
+        return [
             f"Two-way check: the {self.noun} was compared with finite differences alone; pass "
-            f"reference= (the function without its {self.noun}) for the third opinion.",
-            text,
-            flags=re.S,
-        )
-        return text
+            f"reference= (the function without its {self.noun}) for the third opinion."
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the whole report, saying what was checked."""
@@ -147,13 +143,6 @@ class RuleReport(Report):
             noun=self.noun,
         )
         return out
-
-
-def _about_rule(message: str, noun: str) -> str:
-    """The engine's sentence about a leaf, "backprop" said as what it is here (the rule)."""
-    for old, new in (("your backprop", f"your {noun}"), ("the same backprop", f"the same {noun}")):
-        message = message.replace(old, new)
-    return re.sub(r"\bbackprop\b", f"the {noun}", message)
 
 
 _AGREE = (Status.OK, Status.KINK, Status.ROUNDING, Status.FD_UNRELIABLE)

@@ -205,14 +205,14 @@ def scalar_cost(value: Any, *, what: str = "cost(params)") -> float:
     return out
 
 
-def _lookup(tree: Any, keys: tuple[Any, ...], path: str) -> Any:
+def _lookup(tree: Any, keys: tuple[Any, ...], path: str, what: str) -> Any:
     node = tree
     for depth, key in enumerate(keys):
         here = "/".join(str(k) for k in keys[:depth]) or "the top level"
         if isinstance(node, Mapping):
             if key in node and isinstance(key, str) and "d" + key in node:
                 raise InputError(
-                    f"grad(params) holds both {key!r} and {'d' + key!r} for leaf {path!r}; "
+                    f"{what} holds both {key!r} and {'d' + key!r} for leaf {path!r}; "
                     f"it is ambiguous which is the gradient. Return only one of them."
                 )
             if key in node:
@@ -222,14 +222,14 @@ def _lookup(tree: Any, keys: tuple[Any, ...], path: str) -> Any:
             else:
                 avail = sorted(str(k) for k in node.keys())
                 raise InputError(
-                    f"grad(params) has no entry for leaf {path!r}: looked for {key!r} and "
+                    f"{what} has no entry for leaf {path!r}: looked for {key!r} and "
                     f"{'d' + str(key)!r} at {here} and found only {avail}. Return a gradient "
                     f"for every parameter, keyed like params or as 'd' + name."
                 )
         elif isinstance(node, Sequence) and not isinstance(node, (str, bytes, np.ndarray)):
             if not isinstance(key, int) or key >= len(node):
                 raise InputError(
-                    f"grad(params) has no entry for leaf {path!r}: {here} is a sequence of "
+                    f"{what} has no entry for leaf {path!r}: {here} is a sequence of "
                     f"length {len(node)}, expected index {key!r}."
                 )
             node = node[key]
@@ -237,13 +237,13 @@ def _lookup(tree: Any, keys: tuple[Any, ...], path: str) -> Any:
             node = getattr(node, key)
         else:
             raise InputError(
-                f"grad(params) has no entry for leaf {path!r}: expected a container at {here}, "
+                f"{what} has no entry for leaf {path!r}: expected a container at {here}, "
                 f"got {type(node).__name__}."
             )
     return node
 
 
-def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
+def match_gradient(grads: Any, leaves: Leaves, *, what: str = "grad(params)") -> list[np.ndarray]:
     """Lines the user's gradient up with params, leaf by leaf.
 
     The gradient may have exactly the structure of params, or be a dict keyed like params or
@@ -253,6 +253,7 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
     Args:
         grads: what ``grad(params)`` returned.
         leaves: the flattened params.
+        what: the call that returned ``grads``, for messages (``"hvp(params, v)"``).
 
     Returns:
         One float array per leaf, in leaf order (NaN and inf are kept: they are failures to
@@ -277,30 +278,30 @@ def match_gradient(grads: Any, leaves: Leaves) -> list[np.ndarray]:
         except Exception:  # noqa: BLE001 - unflattenable objects fall through to the lookup
             same_structure = False
     if not same_structure:
-        flat = [_lookup(grads, keys, path) for keys, path in zip(leaves.keys, leaves.paths)]
+        flat = [_lookup(grads, keys, path, what) for keys, path in zip(leaves.keys, leaves.paths)]
     out = []
     for g, path, value in zip(flat, leaves.paths, leaves.values):
         try:
             arr = np.array(g, copy=True)
         except Exception as err:  # noqa: BLE001
             raise InputError(
-                f"grad(params) for leaf {path!r} is a {type(g).__name__} that could not be read "
+                f"{what} for leaf {path!r} is a {type(g).__name__} that could not be read "
                 f"as an array; expected a float array of shape {value.shape}."
             ) from err
         if arr.dtype == np.bool_ or not (
             np.issubdtype(arr.dtype, np.number) or _is_float(arr.dtype)
         ):
             raise InputError(
-                f"grad(params) for leaf {path!r} has dtype {arr.dtype}; expected a float array "
+                f"{what} for leaf {path!r} has dtype {arr.dtype}; expected a float array "
                 f"of shape {value.shape}."
             )
         if np.iscomplexobj(arr):
             raise InputError(
-                f"grad(params) for leaf {path!r} is complex; jaxcheck checks real gradients."
+                f"{what} for leaf {path!r} is complex; jaxcheck checks real gradients."
             )
         if arr.shape != value.shape:
             raise InputError(
-                f"grad(params) for leaf {path!r} has shape {arr.shape}; expected {value.shape}, "
+                f"{what} for leaf {path!r} has shape {arr.shape}; expected {value.shape}, "
                 f"the shape of the parameter itself."
             )
         if not _is_float(arr.dtype):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ __all__ = [
     "relative_difference",
     "rounding_error",
     "rtol_for",
+    "tolerance_excess",
 ]
 
 
@@ -177,14 +179,13 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return num / den
 
 
-def rounding_error(
-    j_up: np.ndarray, j_down: np.ndarray, h_total: np.ndarray, unit: float = _U64
-) -> np.ndarray:
+def rounding_error(j_up: Any, j_down: Any, h_total: Any, unit: float = _U64, xp: Any = np) -> Any:
     """Rounding error of a difference quotient ``(J_up − J_down) / h_total``.
 
-    ``unit`` is the rounding unit the cost values were computed in (float64's by default).
+    ``unit`` is the rounding unit the cost values were computed in (float64's by default);
+    ``xp`` is ``numpy`` or ``jax.numpy``.
     """
-    mags = np.maximum(np.abs(j_up), np.abs(j_down))
+    mags = xp.maximum(xp.abs(j_up), xp.abs(j_down))
     return ROUNDING_SAFETY * unit * mags / h_total
 
 
@@ -215,11 +216,22 @@ class Opinions:
     kink: np.ndarray
 
 
-def close(a: np.ndarray, b: np.ndarray, rtol: float, atol: np.ndarray | float) -> np.ndarray:
-    """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close."""
+def close(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
+    """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close.
+
+    ``xp`` is ``numpy`` or ``jax.numpy``.
+    """
     with np.errstate(invalid="ignore", over="ignore"):
-        out = np.abs(a - b) <= rtol * (np.abs(a) + np.abs(b)) + atol
-    return out & np.isfinite(a) & np.isfinite(b)
+        out = xp.abs(a - b) <= rtol * (xp.abs(a) + xp.abs(b)) + atol
+    return out & xp.isfinite(a) & xp.isfinite(b)
+
+
+def tolerance_excess(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
+    """How far ``|a − b|`` exceeds ``rtol·(|a| + |b|) + atol`` (≤ 0: :func:`close` when both
+    are finite); +inf where the excess is NaN. ``xp`` is ``numpy`` or ``jax.numpy``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = xp.abs(a - b) - (rtol * (xp.abs(a) + xp.abs(b)) + atol)
+    return xp.where(xp.isnan(gap), xp.inf, gap)
 
 
 def backprop_agrees(bp: np.ndarray, ad: np.ndarray, tol: Tolerance) -> np.ndarray:

@@ -47,8 +47,13 @@ def leaf_report(
     method: str,
     *,
     rounding_difference: float | None = None,
+    noun: str = "backprop",
 ) -> LeafReport:
-    """Builds the :class:`LeafReport` of one leaf from its classes and opinions."""
+    """Builds the :class:`LeafReport` of one leaf from its classes and opinions.
+
+    ``noun`` names the gradient under test in the message: ``"backprop"``, or ``"rule"`` (said
+    "the rule") for a custom differentiation rule.
+    """
     shape = tuple(theta.shape)
     bp = backprop.astype(np.float64).ravel()
     two_way = autodiff is None
@@ -117,7 +122,7 @@ def leaf_report(
         rounding_difference=rounding_difference,
         joint=evidence.joint,
     )
-    leaf.message = _message(leaf, bp, ad, classes, direction_classes, two_way)
+    leaf.message = _message(leaf, bp, ad, classes, direction_classes, two_way, noun)
     return leaf
 
 
@@ -132,7 +137,10 @@ def _message(
     classes: np.ndarray,
     direction_classes: np.ndarray | None,
     two_way: bool,
+    noun: str,
 ) -> str:
+    # The gradient under test in sentences: "backprop", or "the rule" when noun is "rule".
+    who = noun if noun == "backprop" else f"the {noun}"
     path, n = leaf.path, leaf.size
     status = leaf.status
     if status == Status.BACKPROP:
@@ -141,7 +149,7 @@ def _message(
             first = _index(leaf.shape, int(np.flatnonzero(bad)[0]))
             kinds = sorted({"NaN" if np.isnan(v) else "infinite" for v in bp[bad]})
             return (
-                f"{path}: backprop has {int(bad.sum())} {' and '.join(kinds)} "
+                f"{path}: {who} has {int(bad.sum())} {' and '.join(kinds)} "
                 f"{_plural(int(bad.sum()), 'entry', 'entries')} (first at {first}) where "
                 f"{'finite differences are' if two_way else 'autodiff and finite differences are'}"
                 f" finite."
@@ -150,9 +158,9 @@ def _message(
             tested, failed = leaf.joint
             count = len(leaf.kinks) or int(np.sum(classes == vd.BACKPROP))
             return (
-                f"{path}: backprop is not a subgradient at the {count} entries on kinks taken "
+                f"{path}: {who} is not a subgradient at the {count} entries on kinks taken "
                 f"together: each one alone lies between its one-sided slopes, but along "
-                f"{failed} of {tested} joint directions backprop·d falls outside the one-sided "
+                f"{failed} of {tested} joint directions {who}·d falls outside the one-sided "
                 f"directional derivatives (tied entries of a max share one gradient: send it to "
                 f"one of them, not to every one)."
             )
@@ -163,8 +171,8 @@ def _message(
             witnesses = "autodiff (finite differences confirm it on the disagreeing entries)"
         if leaf.factor is not None:
             if abs(leaf.factor + 1) < 1e-3:
-                return f"{path}: backprop has the wrong sign (−1.00× {witnesses})."
-            return f"{path}: backprop is {leaf.factor:.2f}× {witnesses}."
+                return f"{path}: {who} has the wrong sign (−1.00× {witnesses})."
+            return f"{path}: {who} is {leaf.factor:.2f}× {witnesses}."
         count = int(np.sum(classes == vd.BACKPROP))
         w = leaf.worst_index
         other = "finite differences" if two_way else "autodiff"
@@ -176,14 +184,14 @@ def _message(
             else float("nan")
         )
         return (
-            f"{path}: backprop disagrees with {witnesses} at {count} of {n} entries; worst at "
-            f"{w}: backprop {leaf.worst_backprop:.6g}, {other} {value:.6g}."
+            f"{path}: {who} disagrees with {witnesses} at {count} of {n} entries; worst at "
+            f"{w}: {who} {leaf.worst_backprop:.6g}, {other} {value:.6g}."
         )
     if status == Status.INCONCLUSIVE:
         count = int(np.sum(classes == vd.INCONCLUSIVE))
         return (
-            f"{path}: backprop and autodiff disagree at {count} "
-            f"{_plural(count, 'entry', 'entries')} (worst at {leaf.worst_index}: backprop "
+            f"{path}: {who} and autodiff disagree at {count} "
+            f"{_plural(count, 'entry', 'entries')} (worst at {leaf.worst_index}: {who} "
             f"{leaf.worst_backprop:.6g}, autodiff {leaf.worst_autodiff:.6g}) and finite "
             f"differences are too imprecise there to say which is right (estimated error "
             f"{leaf.fd_error:.1e}); not judged. Try another eps=, or check the twin's "
@@ -195,9 +203,9 @@ def _message(
             count = max(count, int(np.sum(direction_classes == vd.TWIN)))
         return (
             f"{path}: jax.grad of the JAX twin disagrees with finite differences at {count} "
-            f"{_plural(count, 'probe', 'probes')} while backprop agrees with finite "
+            f"{_plural(count, 'probe', 'probes')} while {who} agrees with finite "
             f"differences: the twin's gradient is wrong there (a custom_jvp, stop_gradient, "
-            f"round or another non-differentiable op in jax_cost), not your backprop."
+            f"round or another non-differentiable op in jax_cost), not your {noun}."
         )
     if status == Status.KINK:
         count = len(leaf.kinks) or int(np.sum(classes == vd.KINK))
@@ -206,13 +214,13 @@ def _message(
             joint = f", and jointly along {leaf.joint[0]} directions spanning the kinks"
         return (
             f"{path}: {count} {_plural(count, 'entry sits', 'entries sit')} on a kink (the "
-            f"one-sided slopes differ: ReLU at 0, max, abs); backprop is a valid subgradient "
+            f"one-sided slopes differ: ReLU at 0, max, abs); {who} is a valid subgradient "
             f"there{joint}, so this is not a bug."
         )
     if status == Status.ROUNDING:
         return (
-            f"{path}: correct formula; {leaf.dtype} rounding in your backprop explains a "
-            f"difference of {leaf.rounding_difference:.2e} from autodiff (the same backprop run "
+            f"{path}: correct formula; {leaf.dtype} rounding in your {noun} explains a "
+            f"difference of {leaf.rounding_difference:.2e} from autodiff (the same {noun} run "
             f"at {'np.longdouble' if leaf.dtype == 'float64' else 'float64'} parameters agrees "
             f"with autodiff)."
         )
@@ -222,7 +230,7 @@ def _message(
             count = max(count, int(np.sum(direction_classes == vd.FD_UNRELIABLE)))
         return (
             f"{path}: finite differences strayed at {count} {_plural(count, 'probe', 'probes')} "
-            f"where backprop and autodiff agree (step {leaf.step:.1e}); the step is too large or "
+            f"where {who} and autodiff agree (step {leaf.step:.1e}); the step is too large or "
             f"too small there. Not a bug."
         )
     return ""
