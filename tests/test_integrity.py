@@ -215,7 +215,7 @@ def test_float32_sigmoid_derivative_overflow_is_nan_and_fails():
         return {"dw": dz @ X.T, "db": dz.sum(axis=1, keepdims=True)}
 
     report = jc.check(cost, grad, params)
-    assert report.failing == ["b", "w"]
+    assert report.failing == ["w", "b"]
     for leaf in ("b", "w"):
         assert report.leaves[leaf].status == "backprop"
         assert "NaN" in report.leaves[leaf].message
