@@ -17,8 +17,8 @@ import pytest
 import jaxcheck
 from jaxcheck import lesson as classic
 
-# Tests that take several seconds each on a 2-core machine (compile-heavy checks, subprocesses,
-# notebooks), by file and test function name (every parametrisation of it).
+# Tests that take several seconds each on a 2-core machine (compile-heavy checks, subprocesses),
+# by file, then test function name (every parametrisation of it) or one test's full name.
 SLOW = {
     "test_integrity.py": {
         "test_300_small_leaves_full_check_finds_the_one_bug",
@@ -34,6 +34,12 @@ SLOW = {
         "test_unfaithful_twins_are_refused_float32",
     },
     "test_check_zoo.py": {"test_zoo_float32_correct_passes_and_bugs_are_found"},
+    "test_models.py": {
+        "test_backprop_equals_autodiff[relu_mlp]",
+        "test_backprop_equals_autodiff[tanh_mlp]",
+        "test_other_sizes[relu_mlp]",
+        "test_make_gives_fresh_arrays_and_nothing_mutates_params[dropout_lesson]",
+    },
     "test_readme.py": {"test_the_test_suite_example_passes_and_fails"},
     "test_pytest_plugin.py": {"test_one_passes_one_fails_with_the_report"},
 }
@@ -41,8 +47,8 @@ SLOW = {
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        name = getattr(item, "originalname", None) or item.name.split("[")[0]
-        if name in SLOW.get(Path(str(item.fspath)).name, ()):
+        slow = SLOW.get(Path(str(item.fspath)).name, set())
+        if item.name in slow or item.name.split("[")[0] in slow:
             item.add_marker(pytest.mark.slow)
 
 

@@ -130,3 +130,34 @@ def test_any_status_and_a_diagnosis_render_from_their_values() -> None:
     text, page = str(report), _visible_text(report._repr_html_())
     assert "w: the gradient is 3 times too big" in text
     assert "w: the gradient is 3 times too big" in page and "declared" in page
+
+
+def _softplus_rule():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def softplus(x):
+        return jnp.logaddexp(x, 0.0)
+
+    softplus.defvjp(lambda x: (softplus(x), x), lambda x, g: (g * jax.nn.sigmoid(-x),))  # bug
+    return softplus
+
+
+def _hvp(p, v):
+    t = np.tanh(X @ p["w"] + p["b"])
+    dz = 2 * (1 - t**2) * (1 - 3 * t**2) * (X @ v["w"] + v["b"])
+    return {"w": X.T @ dz, "b": 2 * np.sum(dz, keepdims=True)}  # bug: 2 *
+
+
+@pytest.mark.parametrize("door", ["rule", "hvp"])
+def test_the_other_doors_reports_say_the_same_in_html(door: str) -> None:
+    if door == "rule":
+        report = jc.check_rule(_softplus_rule(), np.linspace(-2.0, 2.0, 5))  # two-way: no reference
+    else:
+        report = jc.check_hvp(_cost, _hvp, PARAMS)
+    assert not report.ok
+    page = _visible_text(report._repr_html_())
+    for line in str(report).splitlines():
+        if not _table_line(line, report):
+            assert " ".join(line.split()) in page, line
