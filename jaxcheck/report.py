@@ -29,7 +29,7 @@ _STATUS_WORDS = {
 # and JupyterLab's theme variables (with fallbacks) read in light and dark themes alike.
 _RED = "var(--jp-error-color1,#d32f2f)"
 _AMBER = "var(--jp-warn-color1,#e65100)"
-_GREEN = "var(--jp-success-color1,#2e7d32)"
+_GREEN = "var(--jp-success-color1,#43a047)"
 _ROW_STYLES = {
     "backprop": f"background:rgba(229,57,53,0.18);color:{_RED};font-weight:bold",
     "inconclusive": f"background:rgba(251,140,0,0.18);color:{_AMBER};font-weight:bold",
