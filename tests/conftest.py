@@ -43,6 +43,14 @@ SLOW = {
     "test_properties.py": {
         f"test_random_models_methods_never_contradict_full[{k}]" for k in range(4, 8)
     },
+    "test_cli.py": {  # each starts Python processes that import JAX
+        "test_python_m_from_a_folder_with_namesakes_of_modules_numpy_imports",
+        "test_jaxcheck_errors_are_input_problems_not_verdicts",
+        "test_stdlib_namesakes_in_the_cwd_and_beside_the_model",
+        "test_a_closed_stdout_keeps_the_verdict",
+        "test_python_m_keeps_the_cwd_importable_but_behind_the_stdlib",
+    },
+    "test_port.py": {"test_port_leaves_user_code_alone"},
     "test_readme.py": {"test_the_test_suite_example_passes_and_fails"},
     "test_pytest_plugin.py": {"test_one_passes_one_fails_with_the_report"},
 }
