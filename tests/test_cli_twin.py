@@ -10,7 +10,7 @@ import pytest
 
 from jaxcheck import cli
 
-MODEL = '''
+MODEL = """
 import numpy as np
 
 X = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
@@ -35,7 +35,7 @@ def hinge(p):  # a Python `if` on a value computed from the parameters: no port
 
 def hinge_grad(p):
     return {"w": (((p["w"] @ X) > 0) * 1.0) @ X.T}
-'''
+"""
 
 
 @pytest.fixture
