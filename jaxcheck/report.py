@@ -350,7 +350,7 @@ class Report:
         """
         text = str(self).splitlines()
         header, tail = text[0], text[len(self.leaves) + 3 :]
-        return html_page(header, self._HEADER, self._table_rows(), tail, ok=self.ok)
+        return _html_page(header, self._HEADER, self._table_rows(), tail, ok=self.ok)
 
     def _table_rows(self) -> list[tuple[str, list[str]]]:
         return [(str(leaf.status), row) for leaf, row in zip(self.leaves.values(), self._rows())]
@@ -368,7 +368,7 @@ def _status_style(status: str) -> str:
     return "" if status == "ok" else _QUIET_ROW
 
 
-def html_page(
+def _html_page(
     header: str,
     columns: tuple[str, ...],
     rows: list[tuple[str, list[str]]],
