@@ -26,15 +26,17 @@ _STATUS_WORDS = {
 }
 
 
-# Row styles of the HTML table, by status: the backprop's failures stand out most.
+# Colours of the HTML report, by status. Translucent backgrounds over the page's own colours
+# and JupyterLab's theme variables (with fallbacks) read in light and dark themes alike.
+_RED = "var(--jp-error-color1,#d32f2f)"
+_AMBER = "var(--jp-warn-color1,#e65100)"
+_GREEN = "var(--jp-success-color1,#43a047)"
 _ROW_STYLES = {
-    "backprop": "background:#fdd;color:#b00;font-weight:bold",
-    "inconclusive": "background:#fed;color:#a40;font-weight:bold",
-    "rounding": "background:#f4f4f4",
-    "twin": "background:#ffd;color:#850",
-    "kink": "background:#f4f4f4",
-    "fd-unreliable": "background:#f4f4f4",
+    "backprop": f"background:rgba(229,57,53,0.18);color:{_RED};font-weight:bold",
+    "inconclusive": f"background:rgba(251,140,0,0.18);color:{_AMBER};font-weight:bold",
+    "twin": f"background:rgba(251,192,45,0.18);color:{_AMBER}",
 }
+_QUIET_ROW = "background:rgba(127,127,127,0.10)"  # a pass with a note: rounding, kink, ...
 
 
 def _two_way_note(error: str | None) -> str:
@@ -46,7 +48,7 @@ def _two_way_note(error: str | None) -> str:
     if error:
         first = error.strip().splitlines()
         note += ". The port failed with:\n  " + "\n  ".join(first[:6])
-    return note + "."
+    return note if note.endswith(".") else note + "."
 
 
 def _fmt(x: float | None, spec: str = ".2e") -> str:
@@ -160,7 +162,8 @@ class Report:
 
     Attributes:
         ok: the verdict: True when no leaf's backprop is judged wrong.
-        leaves: path → :class:`LeafReport`, in ``jax.tree_util`` order (dict keys sorted).
+        leaves: path → :class:`LeafReport`, in the user's order (dict insertion order, a
+            layer's arguments, an object's ``attributes``).
         difference_fd: classic difference of backprop vs finite differences over all checked
             probes.
         difference_autodiff: classic difference of backprop vs ``jax.grad`` over all entries.
@@ -310,6 +313,25 @@ class Report:
             f"{self.twin} JAX twin, cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})"
         )
 
+    def _overall(self) -> str:
+        """The overall differences; an opinion the check did not form is a dash, never nan."""
+        ad = self.autodiff
+        return (
+            f"overall: bp vs fd {_fmt(self.difference_fd)}, "
+            f"bp vs ad {_fmt(self.difference_autodiff if ad else None)}, "
+            f"fd vs ad {_fmt(self.difference_fd_autodiff if ad else None)}"
+        )
+
+    def _diagnoses(self) -> list[str]:
+        """One line per leaf diagnosis that its message does not already say."""
+        lines = []
+        for leaf in self.leaves.values():
+            diagnosis = getattr(leaf, "diagnosis", None)
+            sentence = getattr(diagnosis, "sentence", diagnosis)
+            if sentence and str(sentence) not in leaf.message:
+                lines.append(f"{leaf.path}: {sentence}")
+        return lines
+
     def __str__(self) -> str:
         rows = [list(self._HEADER), *self._rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
@@ -318,11 +340,9 @@ class Report:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
-        lines.append(
-            f"overall: bp vs fd {_fmt(self.difference_fd)}, bp vs ad "
-            f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}"
-        )
+        lines.append(self._overall())
         lines.append(self.verdict)
+        lines.extend(self._diagnoses())
         lines.extend(self._closing_notes())
         return "\n".join(lines)
 
@@ -341,33 +361,101 @@ class Report:
         return f"<jaxcheck.Report ok={self.ok} failing={self.failing}>"
 
     def _repr_html_(self) -> str:
-        """The report as an HTML table for Jupyter: the verdict first, failing leaves in red."""
-        cell = "padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"
-        head = "".join(f'<th style="{cell}">{html.escape(h)}</th>' for h in self._HEADER)
-        body = []
-        for leaf, row in zip(self.leaves.values(), self._rows()):
-            style = _ROW_STYLES.get(leaf.status, "")
-            cells = "".join(f'<td style="{cell}">{html.escape(c)}</td>' for c in row)
-            body.append(
-                f'<tr class="jaxcheck-{html.escape(str(leaf.status))}" style="{style}">{cells}</tr>'
-            )
-        colour = "#070" if self.ok else "#b00"
-        verdict = "<br>".join(html.escape(line) for line in self.verdict.splitlines())
-        size = sum(x.size for x in self.leaves.values())
-        return (
-            f'<div class="jaxcheck-report">'
-            f'<p style="color:{colour};font-weight:bold">{verdict}</p>'
-            f'<table style="border-collapse:collapse;font-family:monospace">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f"<p>overall: bp vs fd {_fmt(self.difference_fd)}, bp vs ad "
-            f"{_fmt(self.difference_autodiff)}, fd vs ad {_fmt(self.difference_fd_autodiff)}; "
-            f"{html.escape(self.method)} check of {size} parameters in {len(self.leaves)} leaves, "
-            f"{html.escape(self.dtype)} system under test, {html.escape(self.twin)} JAX twin, "
-            f"cost {self.cost:.6g}, twin mismatch {_fmt(self.cost_mismatch, '.1e')}</p></div>"
-        )
+        """The report as HTML for Jupyter: everything the text says, the table in between.
+
+        The header line, the verdict and every note below the table come from ``str(self)``
+        itself, so that the HTML and the text of a report (of any subclass) say the same things.
+        """
+        text = str(self).splitlines()
+        header, tail = text[0], text[len(self.leaves) + 3 :]
+        return _html_page(header, self._HEADER, self._table_rows(), tail, ok=self.ok)
+
+    def _table_rows(self) -> list[tuple[str, list[str]]]:
+        return [(str(leaf.status), row) for leaf, row in zip(self.leaves.values(), self._rows())]
 
     def plot(self, ax: Any = None) -> Any:
         """Plots per-leaf differences against the tolerance; see :mod:`jaxcheck.plotting`."""
         from jaxcheck.plotting import plot_report
 
         return plot_report(self, ax=ax)
+
+
+def _status_style(status: str) -> str:
+    if status in _ROW_STYLES:
+        return _ROW_STYLES[status]
+    return "" if status == "ok" else _QUIET_ROW
+
+
+def _html_page(
+    header: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[str, list[str]]],
+    tail: list[str],
+    *,
+    ok: bool,
+) -> str:
+    """Renders a report's parts as one HTML block that reads in light and dark themes.
+
+    Args:
+        header: the report's first line (what was checked; a two-way check says so).
+        columns: the table's column names.
+        rows: (status, cells) per leaf.
+        tail: the text report's lines after the table: overall, verdict, notes.
+        ok: the verdict, which colours the verdict's first line.
+
+    Returns:
+        The HTML, with inline styles only (Jupyter's sanitizer keeps them).
+    """
+    esc = html.escape
+    cell = "padding:2px 8px;text-align:left;border-bottom:1px solid rgba(127,127,127,0.35)"
+    head = "".join(f'<th style="{cell}">{esc(c)}</th>' for c in columns)
+    body = "".join(
+        f'<tr class="jaxcheck-{esc(status)}" style="{_status_style(status)}">'
+        + "".join(f'<td style="{cell}">{esc(c)}</td>' for c in cells)
+        + "</tr>"
+        for status, cells in rows
+    )
+    two_way = "two-way" in header
+    banner = "border-left:4px solid " + (_AMBER if two_way else "rgba(127,127,127,0.5)")
+    parts = [
+        '<div class="jaxcheck-report" style="color:inherit;background:transparent;'
+        'font-family:var(--jp-content-font-family,sans-serif);line-height:1.4">',
+        f'<p style="{banner};padding:2px 8px;margin:4px 0;'
+        f'{"font-weight:bold;color:" + _AMBER if two_way else "opacity:0.85"}">{esc(header)}</p>',
+    ]
+    overall, verdict, notes = (tail[0] if tail else ""), tail[1:2], tail[2:]
+    colour = _GREEN if ok else _RED
+    parts += [
+        f'<p style="color:{colour};font-weight:bold;margin:4px 0">{esc(v)}</p>' for v in verdict
+    ]
+    parts.append(_notes_html(notes))
+    parts.append(
+        '<table style="border-collapse:collapse;font-family:var(--jp-code-font-family,monospace);'
+        f'color:inherit;background:transparent"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table>"
+    )
+    parts.append(f'<p style="opacity:0.85;margin:4px 0">{esc(overall)}</p></div>')
+    return "".join(parts)
+
+
+def _notes_html(lines: list[str]) -> str:
+    """The notes below the verdict: sentences as a list, indented lines (a port's error) as code."""
+    out: list[str] = []
+    code: list[str] = []
+
+    def flush() -> None:
+        if code:
+            out.append(
+                '<pre style="margin:2px 0 2px 16px;padding:4px 8px;background:rgba(127,127,127,'
+                f'0.12);color:inherit;white-space:pre-wrap">{html.escape(chr(10).join(code))}</pre>'
+            )
+            code.clear()
+
+    for line in lines:
+        if line.startswith(" "):
+            code.append(line[2:] if line.startswith("  ") else line[1:])
+            continue
+        flush()
+        out.append(f'<p style="margin:2px 0">{html.escape(line)}</p>')
+    flush()
+    return "".join(out)

@@ -1,21 +1,98 @@
-"""Shared fixtures: the classic lesson's system under test, and an x64 guard."""
+"""Shared fixtures: the classic lesson's system under test, and an x64 guard.
+
+Also the suite's marks: the slowest cases are marked ``slow`` here, in one list, so that
+``pytest -n auto -m "not slow"`` (the README's quick command) stays within a few minutes on two
+cores; ``.ci/run`` runs them all.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+import jaxcheck
 from jaxcheck import lesson as classic
+
+# Tests that take several seconds each on a 2-core machine (compile-heavy checks, subprocesses),
+# by file, then test function name (every parametrisation of it) or one test's full name.
+SLOW = {
+    "test_integrity.py": {
+        "test_300_small_leaves_full_check_finds_the_one_bug",
+        "test_float32_zoo_models_pass_and_fail_as_declared",
+        "test_temperature_scale_leaf_float32_gradient_doubled_fails",
+        "test_nan_in_entries_the_method_does_not_probe_still_fails",
+        "test_dead_units_keep_passing",
+        "test_bfloat16_params_are_checked",
+        "test_float32_sigmoid_derivative_overflow_is_nan_and_fails",
+        "test_float64_rtol_is_1e7",
+        "test_float16_correct_passes_and_three_percent_off_fails",
+        "test_unfaithful_twins_are_refused_float64",
+        "test_unfaithful_twins_are_refused_float32",
+    },
+    "test_check_zoo.py": {"test_zoo_float32_correct_passes_and_bugs_are_found"},
+    "test_models.py": {
+        "test_backprop_equals_autodiff[relu_mlp]",
+        "test_backprop_equals_autodiff[tanh_mlp]",
+        "test_other_sizes[relu_mlp]",
+        "test_make_gives_fresh_arrays_and_nothing_mutates_params[dropout_lesson]",
+    },
+    "test_properties.py": {
+        f"test_random_models_methods_never_contradict_full[{k}]" for k in range(4, 8)
+    },
+    "test_cli.py": {  # each starts Python processes that import JAX
+        "test_python_m_from_a_folder_with_namesakes_of_modules_numpy_imports",
+        "test_jaxcheck_errors_are_input_problems_not_verdicts",
+        "test_stdlib_namesakes_in_the_cwd_and_beside_the_model",
+        "test_a_closed_stdout_keeps_the_verdict",
+        "test_python_m_keeps_the_cwd_importable_but_behind_the_stdlib",
+    },
+    "test_port.py": {"test_port_leaves_user_code_alone"},
+    "test_readme.py": {"test_the_test_suite_example_passes_and_fails"},
+    "test_pytest_plugin.py": {"test_one_passes_one_fails_with_the_report"},
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        slow = SLOW.get(Path(str(item.fspath)).name, set())
+        if item.name in slow or item.name.split("[")[0] in slow:
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # CI tests the installed wheel from outside the checkout: make sure that is what it imports.
+    if os.environ.get("JAXCHECK_TEST_INSTALLED") == "1":
+        checkout = Path(__file__).resolve().parents[1]
+        where = Path(jaxcheck.__file__).resolve()
+        if checkout in where.parents:
+            raise pytest.UsageError(f"this run tests the checkout ({where}), not the wheel")
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _compile_cache_in_a_temporary_directory(tmp_path_factory):
+def _compile_cache_in_a_temporary_directory(tmp_path_factory, worker_id):
     # The tests exercise the disk cache of compiled programs, but never in the user's home.
+    # Under pytest-xdist the workers share one directory, so a program compiled by one worker
+    # is not compiled again by the next.
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent
+    cache = root / "jaxcheck-cache"
+    cache.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JAXCHECK_CACHE_DIR", str(tmp_path_factory.mktemp("jaxcheck-cache")))
-        patch.setenv("JAXCHECK_CACHE_KEY", str(tmp_path_factory.mktemp("jaxcheck-key") / "key"))
+        patch.setenv("JAXCHECK_CACHE_DIR", str(cache))
+        patch.setenv("JAXCHECK_CACHE_KEY", str(cache.parent / "jaxcheck-cache-key"))
         yield
+
+
+@pytest.fixture(scope="session")
+def worker_id(request) -> str:
+    """The xdist worker's id, or ``"master"`` without xdist (xdist provides its own)."""
+    workerinput = getattr(request.config, "workerinput", None)
+    return "master" if workerinput is None else workerinput["workerid"]
 
 
 @pytest.fixture(autouse=True)

@@ -23,13 +23,13 @@ def test_lesson_fixed_backprop_passes(lesson):
     assert report.difference_autodiff < 1e-10
     assert report.difference_fd < 1e-8  # the default step, not the lesson's 1e-7
     assert {leaf.status for leaf in report.leaves.values()} == {"ok"}
-    assert list(report.leaves) == ["W1", "W2", "W3", "b1", "b2", "b3"]
+    assert list(report.leaves) == ["W1", "b1", "W2", "b2", "W3", "b3"]
 
 
 def test_lesson_buggy_backprop_fails_on_exactly_w2_and_b1(lesson):
     report = jc.check(lesson.cost, lesson.buggy, lesson.params, jax_cost=lesson.twin)
     assert not report.ok
-    assert report.failing == ["W2", "b1"]
+    assert report.failing == ["b1", "W2"]
     assert report.leaves["W2"].ratio == pytest.approx(2.0, rel=1e-9)
     assert report.leaves["b1"].ratio == pytest.approx(4.0, rel=1e-9)
     for path in ("W1", "W3", "b2", "b3"):
@@ -60,7 +60,7 @@ def test_lesson_float32_system_under_test():
     assert good.dtype == "float32"
     assert good.leaves["W1"].rtol == pytest.approx(1e-3)
     bad = jc.check(lesson.cost, lesson.buggy, lesson.params, jax_cost=lesson.twin)
-    assert bad.failing == ["W2", "b1"]
+    assert bad.failing == ["b1", "W2"]
     assert bad.leaves["b1"].ratio == pytest.approx(4.0, rel=1e-3)
 
 
@@ -430,7 +430,7 @@ def test_report_to_dict_is_json_and_str_is_a_table(lesson):
     report = jc.check(lesson.cost, lesson.buggy, lesson.params, jax_cost=lesson.twin)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is False
-    assert data["failing"] == ["W2", "b1"]
+    assert data["failing"] == ["b1", "W2"]
     assert data["leaves"]["b1"]["ratio"] == pytest.approx(4.0)
     assert data["leaves"]["W2"]["shape"] == [3, 5]
     lines = str(report).splitlines()
@@ -445,7 +445,7 @@ def test_assert_gradients_raises_gradient_error_with_the_table(lesson):
     with pytest.raises(jc.GradientError, match="b1: backprop is 4.00×") as info:
         jc.assert_gradients(lesson.cost, lesson.buggy, lesson.params, **kwargs)
     assert isinstance(info.value, AssertionError)
-    assert info.value.report.failing == ["W2", "b1"]
+    assert info.value.report.failing == ["b1", "W2"]
     assert "bp vs fd" in str(info.value)
 
 
@@ -481,7 +481,7 @@ def test_partial_methods_pass_correct_and_localise_buggy(lesson, method):
     good = jc.check(lesson.cost, lesson.grad, lesson.params, **kwargs)
     assert good.ok, str(good)
     bad = jc.check(lesson.cost, lesson.buggy, lesson.params, **kwargs)
-    assert bad.failing == ["W2", "b1"]
+    assert bad.failing == ["b1", "W2"]
     assert bad.leaves["b1"].ratio == pytest.approx(4.0)
     if method == "sample":
         assert bad.leaves["W1"].checked == 4

@@ -245,7 +245,7 @@ def test_two_layer_net_with_a_params_dict():
     model = TwoLayerNet()
     report = jc.check_object(model, lambda m: m.loss(XB, YB), attributes="params")
     assert report.ok and report.twin == "ported", str(report)
-    assert list(report.leaves) == ["W1", "W2", "b1", "b2"]
+    assert list(report.leaves) == ["W1", "b1", "W2", "b2"]  # the order of the dict
 
 
 def test_two_layer_net_wrong_reg_term_is_found_in_w2():

@@ -972,7 +972,7 @@ def test_demo_runs_the_lesson_and_explains_the_false_alarm() -> None:
     assert "The gradient is correct! difference = 2.9" in out
     assert "There is a mistake in the backward propagation! difference = 0.2850931" in out
     assert re.search(r"mistake in the backward propagation! difference = 1\.18\d*e-07", out)
-    assert "Gradient WRONG in W2, b1." in out
+    assert "Gradient WRONG in b1, W2." in out
     assert "W2: backprop is 2.00×" in out and "b1: backprop is 4.00×" in out
     assert "Gradient correct" in out
     explanation = out.split("4. Why")[1]

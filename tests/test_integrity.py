@@ -215,7 +215,7 @@ def test_float32_sigmoid_derivative_overflow_is_nan_and_fails():
         return {"dw": dz @ X.T, "db": dz.sum(axis=1, keepdims=True)}
 
     report = jc.check(cost, grad, params)
-    assert report.failing == ["b", "w"]
+    assert report.failing == ["w", "b"]
     for leaf in ("b", "w"):
         assert report.leaves[leaf].status == "backprop"
         assert "NaN" in report.leaves[leaf].message
@@ -409,7 +409,7 @@ def test_module_global_data_changed_in_place_and_rebound(l2net):
     mod.X += 0.5  # in place
     assert jc.check(cost, grad, params).ok
     stale = jc.check(cost, lambda p: grad(p, X_=X_old), params)
-    assert stale.failing == ["W1", "W2", "b1", "b2"]
+    assert stale.failing == ["W1", "b1", "W2", "b2"]
     mod.Y = 1 - mod.Y  # rebound
     assert jc.check(cost, grad, params).ok
     stale = jc.check(cost, lambda p: grad(p, Y_=Y_old), params)

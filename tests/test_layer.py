@@ -360,14 +360,14 @@ def _copies(*arrays):
 # --------------------------------------------------------------------------------------------
 
 CORRECT = {
-    "affine": (affine_forward, affine_backward, (X, W, B), ["b", "w", "x"]),
+    "affine": (affine_forward, affine_backward, (X, W, B), ["x", "w", "b"]),
     "relu": (relu_forward, relu_backward, (XN,), ["x"]),
     "sigmoid": (sigmoid_forward, sigmoid_backward, (XN,), ["x"]),
     "batchnorm": (
         batchnorm_forward,
         batchnorm_backward,
         (XN, GAMMA, BETA, {"mode": "train"}),
-        ["beta", "gamma", "x"],
+        ["x", "gamma", "beta"],
     ),
     "layernorm": (layernorm_forward, layernorm_backward, (XN, GAMMA, BETA, {}), None),
     "dropout": (
@@ -380,7 +380,7 @@ CORRECT = {
         rnn_step_forward,
         rnn_step_backward,
         (XS, RNG.normal(size=(4, 2)), RNG.normal(size=(3, 2)), RNG.normal(size=(2, 2)), BS[:2]),
-        ["Wh", "Wx", "b", "prev_h", "x"],
+        ["x", "prev_h", "Wx", "Wh", "b"],
     ),
 }
 
@@ -514,7 +514,7 @@ def test_leaves_are_named_by_forward_parameters_or_by_position():
     report = jc.check_layer(forward, affine_backward, X, W, B)
     assert list(report.leaves) == ["args0", "args1", "args2"]  # one rule: see check_rule
     report = jc.check_layer(Linear().forward, Linear().backward, XS, WS, BS)
-    assert list(report.leaves) == ["b", "w", "x"] and report.ok
+    assert list(report.leaves) == ["x", "w", "b"] and report.ok  # forward's order
 
 
 @pytest.mark.parametrize("wrt", [["x", "w"], [0, 1], ("w", 0)], ids=["names", "indices", "mixed"])

@@ -38,16 +38,34 @@ def test_there_are_notebooks() -> None:
     assert "01_the_lesson.ipynb" in names, names
 
 
-def test_notebooks_are_committed_without_outputs() -> None:
+def test_notebooks_are_committed_with_their_outputs() -> None:
+    # So that a code host shows the results; tools/run_notebooks.py executes and saves them.
     for path in NOTEBOOKS:
         notebook = nbformat.read(path, as_version=4)
-        for cell in notebook.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, (
-                    f"{path.name}: clear the outputs before committing"
-                )
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(cell.execution_count is not None for cell in code), (
+            f"{path.name}: run python tools/run_notebooks.py {path.name} before committing"
+        )
+        errors = [o for cell in code for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"{path.name} was saved with an error: {errors[0].get('evalue')}"
 
 
+def test_notebooks_leave_inline_plots_on_and_name_jaxcheck_jc() -> None:
+    for path in NOTEBOOKS:
+        source = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+        assert "matplotlib.use(" not in source, f"{path.name} turns off inline plots"
+        assert "import jaxcheck as jc" in source, path.name
+
+
+def test_finding_the_bug_checks_user_code_through_the_port() -> None:
+    path = next(p for p in NOTEBOOKS if p.name.startswith("02_"))
+    cells = nbformat.read(path, as_version=4).cells
+    source = "\n".join(cell.source for cell in cells if cell.cell_type == "code")
+    assert "jax_cost" not in source and "jax.numpy" not in source and "models" not in source
+    assert "def backward(" in source and "jc.check(forward, backward, params)" in source
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs(path: pathlib.Path, kernel_name: str, monkeypatch) -> None:
     # Headless, as in Jupyter: the inline backend draws PNGs into the outputs, never a window.

@@ -921,4 +921,4 @@ def test_code_without_source_still_ports_the_functions_it_calls(tmp_path):
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "ported ['W2', 'b1']"
+    assert out.stdout.strip().splitlines()[-1] == "ported ['b1', 'W2']"

@@ -49,9 +49,10 @@ def test_one_passes_one_fails_with_the_report(pytester: pytest.Pytester) -> None
     result.stdout.fnmatch_lines(
         [
             "*GradientError*",
-            "*W2*BACKPROP WRONG*",
             "*b1*BACKPROP WRONG*",
-            "*Gradient WRONG in W2, b1.*",
+            "*W2*BACKPROP WRONG*",
+            "*Gradient WRONG in b1, W2.*",
+            "*b1: backprop is 4.00*",
             "*W2: backprop is 2.00*",
             "*FAILED test_user.py::test_buggy_backprop*",
         ]

@@ -49,6 +49,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "rtol": args.rtol,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "twin": args.twin,
         "progress": False if args.no_progress else None,
     }
 

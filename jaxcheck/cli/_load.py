@@ -59,7 +59,7 @@ def _on_sys_path(directory: str) -> Iterator[None]:
 
 
 def _stdlib_namesakes(directory: str) -> list[str]:
-    names = getattr(sys, "stdlib_module_names", frozenset())
+    names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     with contextlib.suppress(OSError):
         return sorted(f for f in os.listdir(directory) if f.endswith(".py") and f[:-3] in names)
     return []

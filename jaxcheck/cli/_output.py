@@ -243,6 +243,20 @@ def wants_json(argv: Sequence[str]) -> bool:
     return "--json" in options
 
 
+def _separator(text: str, hint: str) -> str:
+    """What goes between a one-line message and its hint, so that the line reads as prose.
+
+    Examples:
+        >>> "required: COST" + _separator("required: COST", "see jaxcheck --help") + "see ..."
+        'required: COST; see ...'
+        >>> _separator("No such file.", "Check the path.")
+        ' '
+    """
+    if text.rstrip().endswith((".", "!", "?", ":")):
+        return " "
+    return "; " if hint[:1].islower() else ". "
+
+
 def fail(
     code: int,
     kind: str,
@@ -260,7 +274,7 @@ def fail(
     text = f"{kind}: {message}" if named else message
     if hint:
         # The hint ends the paragraph, or follows a traceback on a line of its own.
-        text += f"\n{hint}" if "\n" in text else f" {hint}"
+        text += f"\n{hint}" if "\n" in text else _separator(text, hint) + hint
     write(f"jaxcheck: error: {text}", sys.stderr)
     if as_json:
         error = {"class": kind, "message": message, "hint": hint}

@@ -20,7 +20,7 @@ _METHODS = ("full", "sample", "directional")
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors raise :class:`UsageError` instead of exiting."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         raise UsageError(message, hint=f"see {self.prog} --help")
 
 
@@ -181,6 +181,14 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="S",
         help="seed of the sampled coordinates and random directions (default 0)",
+    )
+    parser.add_argument(
+        "--twin",
+        choices=("auto", "required", "none"),
+        default="auto",
+        help="when the NumPy code cannot be ported to jax.numpy: judge two-way against finite "
+        "differences of the NumPy code and say so (auto, the default), stop with the port's "
+        "error (required), or never build a JAX twin and judge two-way (none)",
     )
     parser.add_argument(
         "--json",

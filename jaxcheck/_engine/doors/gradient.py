@@ -13,6 +13,7 @@ from typing import Any
 
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.order import in_user_order
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck.errors import GradientError
 from jaxcheck.report import Report
@@ -138,7 +139,9 @@ def check(
         compile=compile,
     )
     system = prepare(cost, grad, params, jax_cost, options)
-    return run(system, options, start=start)
+    report = run(system, options, start=start)
+    report.leaves = in_user_order(report.leaves, params)  # jax sorted dict keys; the user did not
+    return report
 
 
 def assert_gradients(cost: Callable, grad: Callable | None, params: Any, **options: Any) -> Report:
