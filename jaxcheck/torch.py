@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
+from jaxcheck._engine.evaluate.processes import together
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
@@ -32,6 +33,7 @@ from jaxcheck.report import Report
 __all__ = ["check"]
 
 
+@together("jaxcheck.torch.check")
 def check(
     fn: Callable,
     *inputs: Any,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jaxcheck._engine.doors.pipeline import run
+from jaxcheck._engine.evaluate.processes import together
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck.errors import GradientError
@@ -20,6 +21,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_gradients", "check"]
 
 
+@together("check")
 def check(
     cost: Callable,
     grad: Callable | None,

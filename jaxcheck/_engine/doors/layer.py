@@ -11,6 +11,7 @@ from typing import Any
 
 from jaxcheck._engine.doors.gradient import check
 from jaxcheck._engine.doors.object import left_as_found
+from jaxcheck._engine.evaluate.processes import together
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.layer import JAX_FORWARD_HINT, Layer, require_callable
 from jaxcheck.errors import (
@@ -23,6 +24,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_layer", "check_layer"]
 
 
+@together("check_layer")
 def check_layer(
     forward: Callable[..., Any],
     backward: Callable[..., Any],

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxcheck._engine.doors.gradient import check
+from jaxcheck._engine.evaluate.processes import together
 from jaxcheck._engine.system.params import flatten_params, scalar_cost
 from jaxcheck.errors import GradientError, InputError, JaxcheckError, user_code_error
 from jaxcheck.report import Report
@@ -23,6 +24,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_object", "check_object"]
 
 
+@together("check_object")
 def check_object(
     obj: Any,
     loss: Callable[[Any], Any],

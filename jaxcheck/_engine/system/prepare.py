@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcheck._engine.evaluate import processes
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.params import Leaves, flatten_params, match_gradient, scalar_cost
 from jaxcheck._engine.system.twin import Twin, output_dtype, trace
@@ -204,6 +205,10 @@ def prepare(
     backprop64 = _rerun64(cost if grad is None else grad, grad is None, leaves, leaves64, dtype)
     cost64 = _cost64(cost_fn, leaves, leaves64, dtype)
     twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
+    # Several processes: all meet here, before any collective, and compare their checks.
+    processes.agree(
+        twin=twin, leaves=leaves.values, paths=leaves.paths, backprop=backprop, options=options
+    )
     return System(
         leaves,
         leaves64,
