@@ -18,6 +18,7 @@ import numpy as np
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
 from jaxcheck._engine.evaluate.processes import together
+from jaxcheck._engine.keywords import reject_unknown
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
@@ -152,8 +153,46 @@ def _torch() -> Any:
 def _options(seed: int, options: dict[str, Any]) -> Options:
     from jaxcheck._engine.doors.rule import _options as rule_options
 
+    if "twin" in options:
+        raise InputError(
+            "twin= does not apply to jaxcheck.torch.check: finite differences of the torch "
+            "forward are the second opinion; pass reference= for the autodiff opinion."
+        )
+    allowed = [f.name for f in dataclasses.fields(Options) if f.name not in ("seed", "twin")]
+    reject_unknown("jaxcheck.torch.check", options, [*allowed, "reference", "expected", "seed"])
+
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
     return dataclasses.replace(rule_options(seed, options), twin="none")
+
+
+#: The tensor dtypes checked, as NumPy knows them (bfloat16 through ml_dtypes, which JAX ships).
+_CHECKED = ("float64", "float32", "float16", "bfloat16")
+
+
+def _np_dtype(torch_dtype: Any) -> np.dtype:
+    """NumPy's dtype for a torch floating-point dtype (``torch.bfloat16`` included)."""
+    name = str(torch_dtype).removeprefix("torch.")
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _to_numpy(torch: Any, t: Any) -> np.ndarray:
+    """A tensor's values as a NumPy array of the same dtype (torch has no bfloat16 for NumPy)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy().astype(_np_dtype(t.dtype))
+    return t.numpy()
+
+
+def _from_numpy(torch: Any, a: Any) -> Any:
+    """A new tensor holding a copy of ``a``, in its dtype."""
+    a = np.array(a)
+    if a.dtype == _np_dtype(torch.bfloat16):
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _function_name(torch: Any, fn: Callable) -> str:
@@ -210,15 +249,24 @@ class _Inputs:
                 f"none of the {len(inputs)} inputs is a floating-point tensor, so there is no "
                 f"derivative to check."
             )
-        self.params = {
-            n: inputs[i].detach().cpu().numpy().copy() for n, i in self.positions.items()
-        }
+        for n, i in self.positions.items():
+            kind = str(inputs[i].dtype).removeprefix("torch.")
+            if kind not in _CHECKED:
+                raise InputError(
+                    f"input {n!r} is a torch.{kind} tensor; jaxcheck.torch checks "
+                    f"{', '.join(_CHECKED)} tensors, each judged at its own precision.",
+                    hint=f"pass {n}.to(torch.float32) (or float64), and the same to reference",
+                )
+        self.params = {n: _to_numpy(torch, inputs[i]).copy() for n, i in self.positions.items()}
 
     def rebuild(self, params: Any, *, grad: bool = False) -> tuple[list[Any], list[Any]]:
         """The inputs with the checked tensors made from ``params``; and those tensors."""
-        out, leaves = list(self.inputs), []
+        # Tensors passed through are cloned: a forward that writes into its inputs changes
+        # neither the user's tensors nor what the next call (the reference's) sees.
+        out = [x.clone() if isinstance(x, self.torch.Tensor) else x for x in self.inputs]
+        leaves = []
         for n, i in self.positions.items():
-            t = self.torch.from_numpy(np.array(params[n])).to(self.devices[n])
+            t = _from_numpy(self.torch, params[n]).to(self.devices[n])
             if grad:
                 t.requires_grad_(True)
             out[i] = t
@@ -253,7 +301,7 @@ class _Cotangent:
         self.values: list[np.ndarray | None] = []
         for o in _outputs(torch, out):
             if isinstance(o, torch.Tensor) and o.is_floating_point():
-                dtype = np.dtype(str(o.dtype).removeprefix("torch."))
+                dtype = _np_dtype(o.dtype)
                 ct = rng.standard_normal(tuple(o.shape)).astype(dtype).astype(np.float64)
                 self.values.append(ct)
             else:
@@ -278,7 +326,7 @@ def _cost(torch: Any, fn: Callable, inputs: _Inputs, cotangent: _Cotangent, name
     def cost(params: Any) -> Any:
         out = _call(torch, fn, inputs.rebuild(params), f"{name}(*inputs)")
         first = _outputs(torch, out)[0]
-        dtype = np.dtype(str(first.dtype).removeprefix("torch."))
+        dtype = _np_dtype(first.dtype)
         value = float(cotangent.dot(torch, out))
         return np.asarray(value, dtype if np.issubdtype(dtype, np.floating) else np.float64)
 
@@ -306,7 +354,7 @@ def _autograd(
     out = {}
     for n, leaf, g in zip(inputs.positions, leaves, grads):
         g = torch.zeros_like(leaf) if g is None else g
-        out[n] = g.detach().cpu().numpy()
+        out[n] = _to_numpy(torch, g)
     return out
 
 
@@ -318,9 +366,12 @@ def _compare_reference(
     torch: Any, fn: Callable, reference: Callable, inputs: _Inputs, name: str
 ) -> None:
     """Raises unless ``reference`` computes ``fn``'s values at the float64 inputs."""
-    built = inputs.rebuild(_as64(inputs))
-    got = _outputs(torch, _call(torch, fn, built, f"{name}(*inputs)"))
-    want = _outputs(torch, _call(torch, reference, built, "reference(*inputs)"))
+    # Each gets inputs of its own: a forward that writes into its inputs in place must not
+    # hand the reference the values it wrote.
+    got = _outputs(torch, _call(torch, fn, inputs.rebuild(_as64(inputs)), f"{name}(*inputs)"))
+    want = _outputs(
+        torch, _call(torch, reference, inputs.rebuild(_as64(inputs)), "reference(*inputs)")
+    )
     if len(got) != len(want) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(got, want)):
         raise InputError(
             f"reference(*inputs) returns shapes {[tuple(b.shape) for b in want]} but {name} "
@@ -332,8 +383,8 @@ def _compare_reference(
             continue
         a64, b64 = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
         u = max(
-            epsilon(np.dtype(str(a.dtype).removeprefix("torch."))),
-            epsilon(np.dtype(str(b.dtype).removeprefix("torch."))),
+            epsilon(_np_dtype(a.dtype)),
+            epsilon(_np_dtype(b.dtype)),
         )
         rtol, at = reference_gap(a64, b64, u)
         if at is not None:

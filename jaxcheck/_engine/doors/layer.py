@@ -12,6 +12,7 @@ from typing import Any
 from jaxcheck._engine.doors.gradient import check
 from jaxcheck._engine.doors.object import left_as_found
 from jaxcheck._engine.evaluate.processes import together
+from jaxcheck._engine.keywords import known_options
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.layer import JAX_FORWARD_HINT, Layer, require_callable
 from jaxcheck.errors import (
@@ -24,6 +25,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_layer", "check_layer"]
 
 
+@known_options("check_layer", check)
 @together("check_layer")
 def check_layer(
     forward: Callable[..., Any],
@@ -130,6 +132,7 @@ def check_layer(
             ) from err
 
 
+@known_options("assert_layer", check_layer)
 def assert_layer(
     forward: Callable[..., Any], backward: Callable[..., Any], *args: Any, **options: Any
 ) -> Report:
