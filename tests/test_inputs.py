@@ -1,0 +1,227 @@
+"""Hostile inputs at every door: each gets a verdict, or a JaxcheckError that says what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jaxcheck as jc
+from jaxcheck._engine.keywords import reject_unknown
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((6, 3))
+Y = RNG.standard_normal(6)
+
+
+def init():
+    return {"W": RNG.standard_normal(3) * 0.5, "b": np.array(0.1)}
+
+
+def mse(p):
+    r = X @ p["W"] + p["b"] - Y
+    return 0.5 * np.mean(r**2)
+
+
+def mse_grad(p):
+    r = X @ p["W"] + p["b"] - Y
+    return {"W": X.T @ r / len(Y), "b": np.array(r.mean())}
+
+
+def mse_loss_and_grads(p):
+    """A course solver's ``loss``: the loss and the gradients from one pass."""
+    return mse(p), mse_grad(p)
+
+
+# --------------------------------------------------------------------- what fn and cost return
+
+
+def test_loss_and_grads_in_the_right_order_pass_and_a_wrong_one_fails():
+    assert jc.check(mse_loss_and_grads, None, init()).ok
+
+    def wrong(p):
+        loss, g = mse_loss_and_grads(p)
+        return loss, {"W": g["W"], "b": 2 * g["b"]}
+
+    assert jc.check(wrong, None, init()).failing == ["b"]
+
+
+def test_grads_returned_before_the_loss_are_named_as_swapped():
+    with pytest.raises(jc.InputError, match=r"item 0 .* is a dict with keys \['W', 'b'\]") as err:
+        jc.check(lambda p: (mse_grad(p), mse(p)), None, init())
+    assert "it returned (grads, loss). Return (loss, grads)" in str(err.value)
+
+
+def test_a_forward_that_returns_its_cache_is_told_to_pass_grad():
+    def forward(p):  # (loss, cache), as a layer's forward returns it
+        z = X @ p["W"] + p["b"]
+        return 0.5 * np.mean((z - Y) ** 2), (z, X)
+
+    with pytest.raises(jc.InputError, match="looks like a cache") as err:
+        jc.check(forward, None, init())
+    assert "pass grad=" in str(err.value).lower()
+
+    def forward_dict(p):
+        z = X @ p["W"] + p["b"]
+        return 0.5 * np.mean((z - Y) ** 2), {"z": z, "X": X, "Y": Y}
+
+    with pytest.raises(jc.InputError, match="looks like a cache"):
+        jc.check(forward_dict, None, init())
+
+
+def test_cost_and_grad_passed_in_each_others_place_are_named():
+    with pytest.raises(jc.InputError, match="cost and grad are swapped"):
+        jc.check(mse_grad, mse, init())
+
+
+def test_a_cost_that_returns_a_gradient_like_pytree_is_not_read_as_a_loss():
+    with pytest.raises(jc.InputError, match="a pytree where the scalar loss should be"):
+        jc.check(mse_grad, mse_grad, init())
+
+
+def test_cost_returning_loss_and_extras_still_works():
+    assert jc.check(lambda p: (mse(p), {"z": X @ p["W"]}), mse_grad, init()).ok
+
+
+# ------------------------------------------------------------------ gradients of other shapes
+
+
+@pytest.mark.parametrize("kind", [tuple, list])
+def test_a_sequence_returned_for_dict_params_says_return_a_dict(kind):
+    def grad(p):
+        g = mse_grad(p)
+        return kind([g["W"], g["b"]])
+
+    with pytest.raises(jc.InputError, match="return a dict keyed like params") as err:
+        jc.check(mse, grad, init())
+    assert "'W'" in str(err.value)
+
+
+def layers_params():
+    return [RNG.standard_normal(3) * 0.5, np.array(0.1)]
+
+
+def layers_cost(p):
+    return mse({"W": p[0], "b": p[1]})
+
+
+def layers_grad(p):
+    g = mse_grad({"W": p[0], "b": p[1]})
+    return [g["W"], g["b"]]
+
+
+@pytest.mark.parametrize(
+    "params_kind, grad_kind", [(list, tuple), (tuple, list)], ids=["list-tuple", "tuple-list"]
+)
+def test_a_tuple_for_list_params_or_a_list_for_tuple_params_is_matched_by_position(
+    params_kind, grad_kind
+):
+    params = params_kind(layers_params())
+    assert jc.check(layers_cost, lambda p: grad_kind(layers_grad(p)), params).ok
+    bad = jc.check(layers_cost, lambda p: grad_kind(g * 1.5 for g in layers_grad(p)), params)
+    assert sorted(bad.failing) == ["0", "1"]
+
+
+def test_nested_lists_of_layer_tuples_are_matched_by_position():
+    params = [(RNG.standard_normal(3), np.array(0.2)), (RNG.standard_normal(3), np.array(-0.1))]
+
+    def cost(p):
+        return sum(mse({"W": w, "b": b}) for w, b in p)
+
+    def grad(p):  # lists where params have tuples
+        return [[mse_grad({"W": w, "b": b})[k] for k in ("W", "b")] for w, b in p]
+
+    assert jc.check(cost, grad, params).ok
+
+
+# ----------------------------------------------------------------------------- deep pytrees
+
+
+def deep(leaf, levels, kind="dict"):
+    for _ in range(levels):
+        leaf = {"inner": leaf} if kind == "dict" else [leaf]
+    return leaf
+
+
+@pytest.mark.parametrize("kind", ["dict", "list"])
+def test_params_nested_thousands_deep_are_an_input_error(kind):
+    params = deep(np.ones(2), 5000, kind)
+    with pytest.raises(jc.InputError, match="params nests containers more than 200 levels"):
+        jc.check(lambda p: 0.0, lambda p: p, params)
+
+
+def test_a_gradient_or_cost_nested_thousands_deep_is_an_input_error():
+    with pytest.raises(jc.InputError, match=r"grad\(params\) nests containers"):
+        jc.check(mse, lambda p: deep(mse_grad(p), 5000, "list"), init())
+    with pytest.raises(jc.InputError, match=r"cost\(params\) nests containers"):
+        jc.check(lambda p: deep(mse(p), 5000, "list"), mse_grad, init())
+
+
+def test_a_sensibly_nested_tree_passes_and_a_cycle_is_still_named():
+    params = deep({"W": RNG.standard_normal(3) * 0.5, "b": np.array(0.1)}, 20)
+
+    def unwrap(p):
+        for _ in range(20):
+            p = p["inner"]
+        return p
+
+    assert jc.check(lambda p: mse(unwrap(p)), lambda p: deep(mse_grad(unwrap(p)), 20), params).ok
+    looped = {"W": np.ones(3)}
+    looped["self"] = [looped]
+    with pytest.raises(jc.InputError, match="contains itself at 'self/0'"):
+        jc.check(lambda p: 0.0, lambda p: p, looped)
+
+
+# ------------------------------------------------------------------------ unknown options
+
+
+def test_reject_unknown_names_the_door_and_the_nearest_option():
+    with pytest.raises(jc.InputError, match=r"check_hvp\(\) got an unknown option 'rtl'; did you"):
+        reject_unknown("check_hvp", {"rtl": 1}, ["rtol", "eps"])
+    with pytest.raises(jc.InputError, match=r"got an unknown option 'banana'\.$"):
+        reject_unknown("check_hvp", ["banana"], ["rtol", "eps"])
+    reject_unknown("check_hvp", ["rtol"], ["rtol", "eps"])  # a known one passes
+
+
+def affine_forward(x, w, b):
+    return x @ w + b, (x, w)
+
+
+def affine_backward(dout, cache):
+    x, w = cache
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+class Line:
+    def __init__(self):
+        self.params = {"W": RNG.standard_normal(3) * 0.5, "b": np.array(0.1)}
+
+    def loss(self):
+        return mse(self.params), mse_grad(self.params)
+
+
+@pytest.mark.parametrize(
+    "door, call",
+    [
+        ("check", lambda **o: jc.check(mse, mse_grad, init(), **o)),
+        ("assert_gradients", lambda **o: jc.assert_gradients(mse, mse_grad, init(), **o)),
+        (
+            "check_layer",
+            lambda **o: jc.check_layer(
+                affine_forward, affine_backward, X, np.ones((3, 2)), np.zeros(2), **o
+            ),
+        ),
+        (
+            "assert_layer",
+            lambda **o: jc.assert_layer(
+                affine_forward, affine_backward, X, np.ones((3, 2)), np.zeros(2), **o
+            ),
+        ),
+        ("check_object", lambda **o: jc.check_object(Line(), Line.loss, attributes="params", **o)),
+    ],
+)
+def test_every_door_names_itself_and_the_option_it_does_not_know(door, call):
+    with pytest.raises(jc.InputError, match=rf"^{door}\(\) got an unknown option 'rtl'; did you"):
+        call(rtl=1e-6)
+    with pytest.raises(jc.InputError, match=rf"^{door}\(\) got an unknown option 'methd'"):
+        call(methd="sample")
+    assert call(rtol=1e-6).ok  # the options the door passes on are known
