@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, argument_names, reference_gap
-from jaxcheck._engine.evaluate.processes import together
-from jaxcheck._engine.keywords import reject_unknown
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
@@ -34,7 +33,7 @@ from jaxcheck.report import Report
 __all__ = ["check"]
 
 
-@together("jaxcheck.torch.check")
+@door("jaxcheck.torch.check", Options)
 def check(
     fn: Callable,
     *inputs: Any,
@@ -158,8 +157,6 @@ def _options(seed: int, options: dict[str, Any]) -> Options:
             "twin= does not apply to jaxcheck.torch.check: finite differences of the torch "
             "forward are the second opinion; pass reference= for the autodiff opinion."
         )
-    allowed = [f.name for f in dataclasses.fields(Options) if f.name not in ("seed", "twin")]
-    reject_unknown("jaxcheck.torch.check", options, [*allowed, "reference", "expected", "seed"])
 
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
     return dataclasses.replace(rule_options(seed, options), twin="none")

@@ -225,3 +225,108 @@ def test_every_door_names_itself_and_the_option_it_does_not_know(door, call):
     with pytest.raises(jc.InputError, match=rf"^{door}\(\) got an unknown option 'methd'"):
         call(methd="sample")
     assert call(rtol=1e-6).ok  # the options the door passes on are known
+
+
+# ----------------------------------------------------- the user's JAX config is not jaxcheck's
+
+
+@pytest.fixture
+def rank_promotion_raises():
+    import jax
+
+    before = jax.config.jax_numpy_rank_promotion
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    yield
+    jax.config.update("jax_numpy_rank_promotion", before)
+
+
+B = RNG.standard_normal((3, 2))
+
+
+def tanh_layer_params():
+    return {"W": RNG.standard_normal((3, 2)) * 0.5, "b": RNG.standard_normal(2) * 0.1}
+
+
+def tanh_cost(p):  # NumPy broadcasting (5, 2) + (2,): implicit rank promotion in the port
+    z = np.tanh(X @ p["W"] + p["b"])
+    return 0.5 * np.sum(z**2)
+
+
+def tanh_grad(p, factor=1.0):
+    z = np.tanh(X @ p["W"] + p["b"])
+    dz = z * (1 - z**2)
+    return {"W": X.T @ dz, "b": factor * dz.sum(axis=0)}
+
+
+@pytest.mark.parametrize("method", ["full", "sample", "directional"])
+def test_check_works_when_the_user_makes_rank_promotion_raise(rank_promotion_raises, method):
+    import jax
+    import jax.numpy as jnp
+
+    def jax_cost(p):  # the user's own twin, written for their "raise" setting
+        return 0.5 * jnp.sum(jnp.tanh(X @ p["W"] + p["b"][None, :]) ** 2)
+
+    for twin in (None, jax_cost):
+        good = jc.check(tanh_cost, tanh_grad, tanh_layer_params(), jax_cost=twin, method=method)
+        assert good.ok and good.twin in ("ported", "given"), str(good)
+        bad = jc.check(
+            tanh_cost,
+            lambda p: tanh_grad(p, 1.1),
+            tanh_layer_params(),
+            jax_cost=twin,
+            method=method,
+        )
+        assert bad.failing == ["b"] and bad.autodiff
+    assert jax.config.jax_numpy_rank_promotion == "raise"  # left as found
+
+
+def test_layer_and_object_doors_work_when_rank_promotion_raises(rank_promotion_raises):
+    good = jc.check_layer(affine_forward, affine_backward, X, B, np.zeros(2))
+    assert good.ok and good.twin == "ported", str(good)
+
+    def half_bias(dout, cache):
+        dx, dw, db = affine_backward(dout, cache)
+        return dx, dw, db / 2
+
+    assert jc.check_layer(affine_forward, half_bias, X, B, np.zeros(2)).failing == ["b"]
+
+    class Net:
+        def __init__(self):
+            self.params = tanh_layer_params()
+
+        def loss(self):
+            return tanh_cost(self.params), tanh_grad(self.params)
+
+    report = jc.check_object(Net(), Net.loss, attributes="params")
+    assert report.ok and report.twin == "ported", str(report)
+
+
+def _has_door(fn) -> bool:
+    return hasattr(fn, "__jaxcheck_options__")
+
+
+@pytest.mark.skipif(not _has_door(jc.check_hvp), reason="check_hvp does not take @door yet")
+def test_check_hvp_works_when_rank_promotion_raises(rank_promotion_raises):
+    import jax
+    import jax.numpy as jnp
+
+    def jax_cost(p):
+        return 0.5 * jnp.sum(jnp.tanh(X @ p["W"] + p["b"][None, :]) ** 2)
+
+    def hvp(p, v):
+        return jax.tree.map(np.asarray, jax.jvp(jax.grad(jax_cost), (p,), (v,))[1])
+
+    assert jc.check_hvp(tanh_cost, hvp, tanh_layer_params()).ok
+
+
+@pytest.mark.skipif(not _has_door(jc.check_rule), reason="check_rule does not take @door yet")
+def test_check_rule_works_when_rank_promotion_raises(rank_promotion_raises):
+    import jax
+
+    @jax.custom_vjp
+    def affine(x, b):
+        return x + b
+
+    affine.defvjp(lambda x, b: (x + b, None), lambda _, g: (g, g.sum(axis=0)))
+    x, b = RNG.standard_normal((4, 3)), RNG.standard_normal(3)
+    assert jc.check_rule(affine, x, b, reference=lambda x, b: x + b[None, :]).ok

@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.pipeline import run
-from jaxcheck._engine.evaluate.processes import together
-from jaxcheck._engine.keywords import known_options
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck.errors import GradientError
@@ -22,8 +21,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_gradients", "check"]
 
 
-@known_options("check")
-@together("check")
+@door("check")
 def check(
     cost: Callable,
     grad: Callable | None,
@@ -140,7 +138,7 @@ def check(
     return run(system, options, start=start)
 
 
-@known_options("assert_gradients", check)
+@door("assert_gradients", check)
 def assert_gradients(cost: Callable, grad: Callable | None, params: Any, **options: Any) -> Report:
     """Like :func:`check`, but raises :class:`jaxcheck.GradientError` when backprop is wrong.
 

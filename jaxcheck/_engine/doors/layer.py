@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.gradient import check
 from jaxcheck._engine.doors.object import left_as_found
-from jaxcheck._engine.evaluate.processes import together
-from jaxcheck._engine.keywords import known_options
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.layer import JAX_FORWARD_HINT, Layer, require_callable
 from jaxcheck.errors import (
@@ -25,8 +24,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_layer", "check_layer"]
 
 
-@known_options("check_layer", check)
-@together("check_layer")
+@door("check_layer", check)
 def check_layer(
     forward: Callable[..., Any],
     backward: Callable[..., Any],
@@ -132,7 +130,7 @@ def check_layer(
             ) from err
 
 
-@known_options("assert_layer", check_layer)
+@door("assert_layer", check_layer)
 def assert_layer(
     forward: Callable[..., Any], backward: Callable[..., Any], *args: Any, **options: Any
 ) -> Report:
