@@ -330,3 +330,19 @@ def test_check_rule_works_when_rank_promotion_raises(rank_promotion_raises):
     affine.defvjp(lambda x, b: (x + b, None), lambda _, g: (g, g.sum(axis=0)))
     x, b = RNG.standard_normal((4, 3)), RNG.standard_normal(3)
     assert jc.check_rule(affine, x, b, reference=lambda x, b: x + b[None, :]).ok
+
+
+# ------------------------------------------------------------------ check_layer and JAX arrays
+
+
+@pytest.mark.parametrize("position, name", [(0, "x"), (1, "w"), (2, "b")])
+def test_check_layer_given_a_jax_array_names_the_argument(position, name):
+    import jax.numpy as jnp
+
+    args = [X, B, np.zeros(2)]
+    args[position] = jnp.asarray(args[position])
+    with pytest.raises(jc.InputError, match=rf"JAX array for forward's argument '{name}'") as err:
+        jc.check_layer(affine_forward, affine_backward, *args)
+    assert "pass NumPy arrays" in str(err.value)
+    args[position] = np.asarray(args[position])  # as the message says
+    assert jc.check_layer(affine_forward, affine_backward, *args).ok
