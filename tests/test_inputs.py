@@ -346,3 +346,71 @@ def test_check_layer_given_a_jax_array_names_the_argument(position, name):
     assert "pass NumPy arrays" in str(err.value)
     args[position] = np.asarray(args[position])  # as the message says
     assert jc.check_layer(affine_forward, affine_backward, *args).ok
+
+
+# ------------------------------------------------- --json: one JSON object, even at the exit
+
+NOISY = """
+import atexit, os, sys
+import numpy as np
+
+print("printed at import")
+X = np.linspace(-1.0, 1.0, 5)
+
+
+def _goodbye():
+    print("printed by atexit")
+    sys.stdout.write("written to sys.stdout at exit\\n")
+    sys.stdout.flush()
+    os.write(1, b"written to descriptor 1 at exit\\n")
+
+
+atexit.register(_goodbye)
+
+
+def cost(p):
+    print("printed in cost")
+    return float(np.sum(np.sin(p["w"] * X)))
+
+
+def grad(p):
+    return {"w": np.cos(p["w"] * X) * X * FACTOR}
+
+
+FACTOR = float(os.environ.get("NOISY_FACTOR", "1"))
+"""
+
+
+@pytest.mark.parametrize("factor, code", [("1", 0), ("2", 1)], ids=["correct", "wrong"])
+def test_json_stays_one_object_when_the_module_prints_at_exit(tmp_path, factor, code):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "noisy.py").write_text(NOISY)
+    np.savez(tmp_path / "w.npz", w=np.array([0.3, -0.2, 0.5, 0.1, 0.9]))
+    module = tmp_path / "noisy.py"
+    args = ["check", f"{module}:cost", "--grad", f"{module}:grad"]
+    args += ["--params", str(tmp_path / "w.npz"), "--no-progress", "--json"]
+    env = dict(os.environ, NOISY_FACTOR=factor)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxcheck", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == code, result.stderr
+    report = json.loads(result.stdout)  # one object: json.loads refuses anything after it
+    assert report["exit_code"] == code and report["ok"] is (code == 0)
+    for printed in (
+        "printed at import",
+        "printed in cost",
+        "printed by atexit",
+        "written to sys.stdout at exit",
+        "written to descriptor 1 at exit",
+    ):
+        assert printed in result.stderr
+        assert printed not in result.stdout
