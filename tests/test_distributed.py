@@ -224,3 +224,38 @@ def test_one_process_changes_nothing():
     assert placed[0][0] is consts[0] and placed[3][0][0] is args[0][0]
     # nothing to compare with: no collective, no error
     distributed.verify_same_everywhere(consts, leaves, backprop, ("plan",), devices)
+
+
+def test_without_jax_distributed_the_doors_meet_nobody():
+    calls = []
+
+    @distributed.together("check")
+    def door(x, *, rtol=None):
+        calls.append((x, rtol))
+        raise ValueError("its own error, untouched")
+
+    with pytest.raises(ValueError, match="its own error, untouched"):
+        door(1, rtol=1e-3)
+    assert calls == [(1, 1e-3)]
+    assert distributed._client() is None
+
+
+def test_the_twin_digest_ignores_object_ids_but_not_constants():
+    import jax.numpy as jnp
+
+    from jaxcheck._engine.system.twin import trace
+
+    leaves = [np.ones(3)]
+    treedef = jax.tree_util.tree_structure(0)
+
+    def twin(scale):
+        def cost(w):
+            return scale * jnp.sum(jnp.tanh(w) ** 2)
+
+        return trace(cost, treedef, leaves, "given")
+
+    with jax.enable_x64(True):
+        one, same, other = twin(0.5), twin(0.5), twin(0.5 + 1e-12)
+    assert distributed._twin_text(one) == distributed._twin_text(same)
+    assert distributed._twin_text(one) != distributed._twin_text(other)
+    assert distributed._stable(("a", ("object", 1234), 3)) == ("a", ("object",), 3)
