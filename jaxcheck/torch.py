@@ -59,7 +59,10 @@ def check(
     Args:
         fn: the function to check, usually ``MyFunction.apply``.
         *inputs: its inputs. Floating-point tensors are checked (only those with
-            ``requires_grad=True`` when any has it); anything else is passed through.
+            ``requires_grad=True`` when any has it), each judged at its dtype's precision
+            (float64, float32, float16, bfloat16; float8 tensors are refused); anything else
+            is passed through. Every call gets fresh copies of the tensors, so a forward that
+            writes into its inputs changes neither them nor what the reference sees.
         reference: the same function without the custom backward, ``reference(*inputs)``.
         expected: ``"derivative"``, or ``"surrogate"`` for a backward that is deliberately not
             the derivative (a straight-through estimator): reported, never failed.
@@ -325,7 +328,8 @@ def _cost(torch: Any, fn: Callable, inputs: _Inputs, cotangent: _Cotangent, name
         first = _outputs(torch, out)[0]
         dtype = _np_dtype(first.dtype)
         value = float(cotangent.dot(torch, out))
-        return np.asarray(value, dtype if np.issubdtype(dtype, np.floating) else np.float64)
+        floating = np.issubdtype(dtype, np.floating) or dtype == _np_dtype(torch.bfloat16)
+        return np.asarray(value, dtype if floating else np.float64)
 
     return cost
 
