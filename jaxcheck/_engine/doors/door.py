@@ -54,6 +54,6 @@ def door(name: str, *passes_to: Callable[..., Any]) -> Callable[[_F], _F]:
             with own_config():
                 return fn(*args, **kwargs)
 
-        return together(name)(known_options(name, *passes_to)(scoped))
+        return together(name)(known_options(name, *passes_to)(scoped))  # type: ignore[return-value]
 
     return wrap

@@ -141,7 +141,9 @@ def _no_jax_arrays(
     from jaxcheck._engine.doors.rule import argument_names
 
     names = argument_names(forward, len(args))
-    given = [*zip(names, args), *(kwargs or {}).items()]
+    given = list(zip(names, args))
+    if isinstance(kwargs, Mapping):
+        given += list(kwargs.items())
     for name, value in given:
         try:
             leaves = jax.tree_util.tree_leaves(value)
