@@ -181,6 +181,10 @@ def small_inputs(torch, dtype):
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_half_precision_backwards_are_judged_at_their_own_precision(torch, name):
     dtype = getattr(torch, name)
+    try:
+        torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+    except RuntimeError:  # older CPU builds have no half-precision matmul
+        pytest.skip(f"this torch cannot multiply {name} matrices on the CPU")
     good = jaxcheck.torch.check(
         linear(torch).apply, *small_inputs(torch, dtype), reference=reference_linear
     )
