@@ -72,12 +72,16 @@ _WORKER = textwrap.dedent(
             if process == 1:
                 raise ZeroDivisionError("a bug on process 1 only")
             return model.cost(p)
+        # the NumPy cost's data differ, in a check without a twin
+        other_data = lambda p: model.cost(p) * (1.0 + 1e-9 * process)
+        two_way = {"jax_cost": None, "twin": "none"}
         cases = [
             ("params", model.cost, model.grad, params, {}),
             ("grad", model.cost, grad, model.params, {}),
             ("twin", model.cost, model.grad, model.params, {"jax_cost": nudged}),
             ("option", model.cost, model.grad, model.params, {"rtol": 1e-6 * (1 + process)}),
             ("raises", cost, model.grad, model.params, {}),
+            ("numpy data", other_data, model.grad, model.params, two_way),
             ("bad input", model.cost, model.grad, params if process else "oops", {}),
         ]
         for name, c, g, ps, extra in cases:
@@ -190,7 +194,11 @@ def test_two_processes_give_the_one_process_answer(tmp_path):
         )
         assert "method" not in result["option"]
         assert result["after"] == {"ok": False, "failing": one["full"]["failing"]}
-    for name in ("params", "grad", "twin", "option"):
+    for result in both:
+        assert result["numpy data"].startswith(
+            "InputError: the NumPy cost at params differs between processes (process 0 vs 1: "
+        )
+    for name in ("params", "grad", "twin", "option", "numpy data"):
         assert both[0][name] == both[1][name]  # every process refuses with the same words
     # An error on one process reaches the other as a jaxcheck error, within seconds.
     assert both[1]["raises"].startswith("UserCodeError: ")

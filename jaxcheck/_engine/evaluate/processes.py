@@ -364,13 +364,16 @@ def agree(
     paths: Sequence[str],
     backprop: Sequence[Any],
     options: Any,
+    cost: float | None = None,
 ) -> None:
     """Every process meets before the first collective and compares its check with the others.
 
     Compared: the params' paths, shapes and dtypes; the options (``Options`` and the door's own
     keywords); the JAX twin's structure with the constants written into it; the params; the
-    data the twin closes over; the user's gradient. Does nothing unless the check's devices
-    span processes. An error another process met before this point is raised here too.
+    data the twin closes over; the NumPy cost at the params (``cost``: it tells when the data
+    the NumPy code closes over differ, also without a twin); the user's gradient. Does nothing
+    unless the check's devices span processes. An error another process met before this point
+    is raised here too.
 
     Raises:
         InputError: something differs; the message names it and the processes (on every
@@ -395,6 +398,7 @@ def agree(
             "options": sorted(named.items()),
             "twin": _twin_text(twin),
             "params": _hex(leaves),
+            "cost": float(cost).hex() if cost is not None else "",
             "data": [_structure(consts).decode(), *_hex(consts)],
             "backprop": _hex(backprop),
         }
@@ -454,6 +458,16 @@ def _raise_difference(
             InputError(
                 f"the data the JAX twin closes over differ between processes ({_vs(bad)}: "
                 f"{which}); {_ADVICE}.",
+                hint="load the same data in every process",
+            )
+        )
+    if bad := _differ(entries, "cost"):
+        values = [float.fromhex(entries[p]["cost"]) for p in (0, bad[0])]
+        raise _shared(
+            InputError(
+                f"the NumPy cost at params differs between processes ({_vs(bad)}: "
+                f"{values[0]!r} vs {values[1]!r}) although the params agree: the data it "
+                f"closes over differ; {_ADVICE}.",
                 hint="load the same data in every process",
             )
         )

@@ -300,7 +300,12 @@ def prepare(
     twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
     # Several processes: all meet here, before any collective, and compare their checks.
     processes.agree(
-        twin=twin, leaves=leaves.values, paths=leaves.paths, backprop=backprop, options=options
+        twin=twin,
+        leaves=leaves.values,
+        paths=leaves.paths,
+        backprop=backprop,
+        options=options,
+        cost=value,
     )
     return System(
         leaves,
