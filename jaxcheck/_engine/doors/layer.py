@@ -133,7 +133,6 @@ def check_layer(
             ) from err
 
 
-@door("assert_layer", check_layer)
 def _no_jax_arrays(
     forward: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any] | None
 ) -> None:
@@ -158,6 +157,7 @@ def _no_jax_arrays(
             )
 
 
+@door("assert_layer", check_layer)
 def assert_layer(
     forward: Callable[..., Any], backward: Callable[..., Any], *args: Any, **options: Any
 ) -> Report:
