@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxcheck._engine.evaluate import meetings
 from jaxcheck._engine.evaluate import processes as distributed
 
 # One worker: joins the processes (when there are several), runs one check per method with a
@@ -237,7 +238,7 @@ def test_one_process_changes_nothing():
 def test_without_jax_distributed_the_doors_meet_nobody():
     calls = []
 
-    @distributed.together("check")
+    @meetings.together("check")
     def door(x, *, rtol=None):
         calls.append((x, rtol))
         raise ValueError("its own error, untouched")
@@ -245,7 +246,7 @@ def test_without_jax_distributed_the_doors_meet_nobody():
     with pytest.raises(ValueError, match="its own error, untouched"):
         door(1, rtol=1e-3)
     assert calls == [(1, 1e-3)]
-    assert distributed._client() is None
+    assert meetings.client() is None
 
 
 def test_the_twin_digest_ignores_object_ids_but_not_constants():

@@ -8,7 +8,7 @@
   neither breaks the check nor gets blamed on the user's twin; the global config is left as
   found;
 - with several processes, the check runs in all of them or fails in all of them
-  (:func:`jaxcheck._engine.evaluate.processes.together`).
+  (:func:`jaxcheck._engine.evaluate.meetings.together`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import jax
 
-from jaxcheck._engine.evaluate.processes import together
+from jaxcheck._engine.evaluate.meetings import together
 from jaxcheck._engine.keywords import known_options
 
 __all__ = ["door", "own_config"]

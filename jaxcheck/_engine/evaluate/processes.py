@@ -5,32 +5,26 @@ each batch are split over a mesh of all processes' devices, and the perturbed co
 back to every process inside the compiled program, so that every process judges the same numbers
 and returns the same report. With one process nothing here changes anything.
 
-Before the first collective the processes agree, through ``jax.distributed``'s key-value store,
-on a status (ok, or the error that stopped one of them) and on digests of everything that makes
-the check (:func:`agree`, :func:`verify_same_everywhere`): an error on one process, or inputs
-that differ, reach every process as the same jaxcheck error within a moment, never as a hang
-or an abort from JAX's coordination service.
+Before the first collective the processes meet (:mod:`jaxcheck._engine.evaluate.meetings`):
+they agree on a status (ok, or the error that stopped one of them) and compare digests of what
+makes the check (:func:`agree`, :func:`verify_same_everywhere`). An error on one process, or
+inputs that differ, reach every process as the same jaxcheck error within a moment, never as a
+hang or an abort from JAX's coordination service.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import os
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxcheck import errors as _errors
-from jaxcheck.errors import InputError, JaxcheckError, NondeterminismError
+from jaxcheck._engine.evaluate.meetings import client, meet, noted, shared, value_text
+from jaxcheck.errors import InputError, NondeterminismError
 
 __all__ = [
     "AXIS",
@@ -40,7 +34,6 @@ __all__ = [
     "probe_mesh",
     "replicated",
     "spans_processes",
-    "together",
     "verify_same_everywhere",
 ]
 
@@ -117,175 +110,6 @@ def global_inputs(
         list(backprop),
         [tuple(put(a) for a in args) for args in probe_args],
     )
-
-
-#: Seconds a process waits for the others at a meeting point (``$JAXCHECK_PROCESS_TIMEOUT``).
-WAIT_SECONDS = 600.0
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-_OWN_OPTIONS = ("progress", "cache", "devices")  # may differ: they change no number
-_local = threading.local()
-_counter = {"checks": 0, "loose": 0}
-
-
-class _Check:
-    """One check run by every process: where its meetings are kept in the key-value store."""
-
-    def __init__(self, index: str, door: str) -> None:
-        self.index, self.door, self.meetings = index, door, 0
-        self.options: dict[str, str] = {}
-
-
-def _client() -> Any:
-    """``jax.distributed``'s key-value client, or None without one (a single process)."""
-    try:
-        from jax._src.distributed import global_state
-    except ImportError:  # pragma: no cover - another jax layout
-        return None
-    return getattr(global_state, "client", None)
-
-
-def _stack() -> list[_Check]:
-    if not hasattr(_local, "stack"):
-        _local.stack = []
-    return _local.stack
-
-
-def _value_text(value: Any) -> str:
-    """A short text that is the same for the same option value in every process."""
-    if isinstance(value, (np.ndarray, jax.Array, np.generic)):
-        return _digest([value]).hex()[:32]
-    text = repr(value)
-    if " at 0x" in text or callable(value):
-        return type(value).__name__  # a function or object: no address-free identity
-    return text if len(text) <= 200 else hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def together(door: str) -> Callable[[_F], _F]:
-    """Decorates a door so that, across processes, its check runs together or fails together.
-
-    With ``jax.distributed`` running, every call is one numbered check; its keyword options are
-    noted (compared at :func:`agree`), and an exception that ends the check on this process
-    before the others met it is published, so that the others raise it too instead of waiting
-    in a collective. With one process the door runs as it is.
-    """
-
-    def wrap(fn: _F) -> _F:
-        @functools.wraps(fn)
-        def door_fn(*args: Any, **kwargs: Any) -> Any:
-            if _client() is None:
-                return fn(*args, **kwargs)
-            with _one_check(door, kwargs):
-                return fn(*args, **kwargs)
-
-        return door_fn  # type: ignore[return-value]
-
-    return wrap
-
-
-@contextmanager
-def _one_check(door: str, kwargs: Mapping[str, Any]) -> Iterator[None]:
-    stack = _stack()
-    outer = not stack
-    if outer:
-        _counter["checks"] += 1
-        stack.append(_Check(str(_counter["checks"]), door))
-    else:
-        stack.append(stack[0])
-    check = stack[0]
-    for name, value in kwargs.items():
-        if name not in _OWN_OPTIONS:
-            check.options[f"{door}(): {name}"] = _value_text(value)
-    try:
-        yield
-    except BaseException as err:
-        if outer and not getattr(err, "_jaxcheck_shared", False):
-            _publish_error(check, err)
-        raise
-    finally:
-        stack.pop()
-
-
-def _key(check: _Check, meeting: int) -> str:
-    return f"jaxcheck/check{check.index}/meeting{meeting}/"
-
-
-def _publish_error(check: _Check, err: BaseException) -> None:
-    """Tells the other processes, waiting at this check's next meeting, why this one stopped."""
-    client = _client()
-    text = json.dumps({"ok": False, "error": type(err).__name__, "message": str(err)[:4000]})
-    try:
-        client.key_value_set(_key(check, check.meetings) + str(jax.process_index()), text)
-    except Exception:  # noqa: BLE001 - the coordinator is gone: nobody is left to tell
-        pass
-
-
-def _wait_seconds() -> float:
-    try:
-        return float(os.environ.get("JAXCHECK_PROCESS_TIMEOUT", WAIT_SECONDS))
-    except ValueError:
-        return WAIT_SECONDS
-
-
-def _shared(err: JaxcheckError) -> JaxcheckError:
-    err._jaxcheck_shared = True  # type: ignore[attr-defined]
-    return err
-
-
-def _meet(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Publishes this process's status and ``payload``; returns every process's, in order.
-
-    Raises the error another process published (as the same jaxcheck error class), or a
-    :class:`JaxcheckError` when some process does not arrive within :data:`WAIT_SECONDS`.
-    """
-    client = _client()
-    stack = _stack()
-    if stack:
-        check = stack[0]
-    else:  # a door that does not meet: each meeting is a check of its own
-        _counter["loose"] += 1
-        check = _Check(f"-{_counter['loose']}", "check")
-    key = _key(check, check.meetings)
-    check.meetings += 1
-    me, count = jax.process_index(), jax.process_count()
-    client.key_value_set(key + str(me), json.dumps({"ok": True, **payload}))
-    wait = _wait_seconds()
-    deadline = time.monotonic() + wait
-    while True:
-        seen = {}
-        for name, text in client.key_value_dir_get(key):
-            entry = json.loads(text)
-            process = int(name.rsplit("/", 1)[-1])
-            if not entry["ok"]:
-                raise _shared(_their_error(check, process, count, entry))
-            seen[process] = entry
-        if len(seen) == count:
-            return [seen[p] for p in range(count)]
-        if time.monotonic() > deadline:
-            missing = sorted(set(range(count)) - set(seen))
-            raise _shared(
-                JaxcheckError(
-                    f"processes {missing} did not reach {check.door}() within {wait:g} s of "
-                    f"process {me}; every process must run the same checks in the same order.",
-                    hint="set JAXCHECK_PROCESS_TIMEOUT (seconds) if a process is merely slow",
-                )
-            )
-        time.sleep(0.02)
-
-
-def _their_error(check: _Check, process: int, count: int, entry: dict) -> JaxcheckError:
-    name, message = entry["error"], entry["message"]
-    text = (
-        f"process {process} of {count} stopped {check.door}() (so every process stops: the "
-        f"check runs in all of them or in none); there it raised {name}: {message}"
-    )
-    cls = getattr(_errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, JaxcheckError):
-        try:
-            return cls(text)
-        except TypeError:  # an error class that needs more than its message
-            pass
-    return JaxcheckError(text, hint=f"the traceback is in process {process}'s output")
 
 
 def _host(x: Any) -> np.ndarray:
@@ -380,19 +204,16 @@ def agree(
             process the same message).
         NondeterminismError: ``grad`` returned different gradients at the same params.
     """
-    if _client() is None:
+    if client() is None:
         return
     if not spans_processes(options.devices if options.devices is not None else jax.devices()):
         return
-    stack = _stack()
-    named = dict(stack[0].options) if stack else {}
+    door, named = noted()
     fields = ("method", "samples", "directions", "eps", "rtol", "batch_size", "seed")
     for field in (*fields, "memory_budget", "incremental", "twin"):
-        named[f"{stack[0].door if stack else 'check'}(): {field}"] = _value_text(
-            getattr(options, field)
-        )
+        named[f"{door}(): {field}"] = value_text(getattr(options, field))
     consts = () if twin is None else twin.consts
-    entries = _meet(
+    entries = meet(
         {
             "structure": _structure(leaves).decode() + repr(list(paths)),
             "options": sorted(named.items()),
@@ -410,7 +231,7 @@ def _raise_difference(
     entries: list[dict], leaves: Sequence[Any], paths: Sequence[str], consts: Sequence[Any]
 ) -> None:
     if bad := _differ(entries, "structure"):
-        raise _shared(
+        raise shared(
             InputError(
                 f"the params have other paths, shapes or dtypes on process(es) {bad} than on "
                 f"process 0; {_ADVICE}.",
@@ -421,7 +242,7 @@ def _raise_difference(
         theirs = dict(map(tuple, entries[bad[0]]["options"]))
         ours = dict(map(tuple, entries[0]["options"]))
         names = sorted(n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n))
-        raise _shared(
+        raise shared(
             InputError(
                 f"the options differ between processes ({_vs(bad)}): {', '.join(names)} "
                 f"({names[0]} is {ours.get(names[0], 'not given')} on process 0 and "
@@ -431,7 +252,7 @@ def _raise_difference(
             )
         )
     if bad := _differ(entries, "twin"):
-        raise _shared(
+        raise shared(
             InputError(
                 f"the JAX twin differs between processes ({_vs(bad)}): its operations or a "
                 f"constant written into it (a Python number) are not the same; {_ADVICE}.",
@@ -440,7 +261,7 @@ def _raise_difference(
         )
     if bad := _differ(entries, "params"):
         i, bad = _first(entries, "params")
-        raise _shared(
+        raise shared(
             InputError(
                 f"params leaf {paths[i]!r} (shape {np.shape(leaves[i])}) differs between "
                 f"processes ({_vs(bad)}; compared by SHA-256 of the bytes); {_ADVICE}.",
@@ -454,7 +275,7 @@ def _raise_difference(
             if i == 0
             else f"array {i} of {len(consts)}, shape {np.shape(consts[i - 1])}"
         )
-        raise _shared(
+        raise shared(
             InputError(
                 f"the data the JAX twin closes over differ between processes ({_vs(bad)}: "
                 f"{which}); {_ADVICE}.",
@@ -463,7 +284,7 @@ def _raise_difference(
         )
     if bad := _differ(entries, "cost"):
         values = [float.fromhex(entries[p]["cost"]) for p in (0, bad[0])]
-        raise _shared(
+        raise shared(
             InputError(
                 f"the NumPy cost at params differs between processes ({_vs(bad)}: "
                 f"{values[0]!r} vs {values[1]!r}) although the params agree: the data it "
@@ -473,7 +294,7 @@ def _raise_difference(
         )
     if bad := _differ(entries, "backprop"):
         i, bad = _first(entries, "backprop")
-        raise _shared(
+        raise shared(
             NondeterminismError(
                 f"grad returned different gradients for leaf {paths[i]!r} between processes "
                 f"({_vs(bad)}) at identical params: its data or its randomness differ between "
@@ -490,9 +311,9 @@ def _gather(rows: list[bytes]) -> np.ndarray:
 
 def _exchange(rows: list[bytes]) -> np.ndarray:
     """Like :func:`_gather`, through the key-value store (a meeting) when there is one."""
-    if _client() is None:
+    if client() is None:
         return _gather(rows)
-    entries = _meet({"rows": [r.hex() for r in rows]})
+    entries = meet({"rows": [r.hex() for r in rows]})
     return np.array(
         [[np.frombuffer(bytes.fromhex(r), np.uint8) for r in e["rows"]] for e in entries]
     )
@@ -535,7 +356,7 @@ def verify_same_everywhere(
         for i, name in enumerate(names)
     }
     if differ["structure"]:
-        raise _shared(
+        raise shared(
             InputError(
                 f"the params or the JAX twin's data have different shapes on processes "
                 f"{differ['structure']} than on process 0; {_ADVICE}.",
@@ -547,7 +368,7 @@ def verify_same_everywhere(
         first = next(
             i for i in range(len(leaves)) if not np.all(leaf_rows[:, i] == leaf_rows[0, i])
         )
-        raise _shared(
+        raise shared(
             InputError(
                 f"params differ between processes: leaf {first} of {len(leaves)} (shape "
                 f"{np.shape(leaves[first])}) on processes {differ['params']} is not process "
@@ -556,7 +377,7 @@ def verify_same_everywhere(
             )
         )
     if differ["data"]:
-        raise _shared(
+        raise shared(
             InputError(
                 f"the data the JAX twin closes over differ on processes {differ['data']} from "
                 f"process 0's; {_ADVICE}.",
@@ -564,7 +385,7 @@ def verify_same_everywhere(
             )
         )
     if differ["backprop"]:
-        raise _shared(
+        raise shared(
             NondeterminismError(
                 f"grad returned different gradients on processes {differ['backprop']} than on "
                 f"process 0 at identical params: its data or its randomness differ between "
@@ -572,7 +393,7 @@ def verify_same_everywhere(
             )
         )
     if differ["plan"]:
-        raise _shared(
+        raise shared(
             InputError(
                 f"processes {differ['plan']} planned other batches of perturbations than "
                 f"process 0 (different batch_size, memory_budget, devices or device memory); "
