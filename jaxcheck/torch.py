@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, reference_gap
 from jaxcheck._engine.options import Options
@@ -33,6 +34,7 @@ from jaxcheck.report import Report
 __all__ = ["check"]
 
 
+@door("jaxcheck.torch.check", Options)
 def check(
     fn: Callable,
     *inputs: Any,
@@ -58,7 +60,10 @@ def check(
     Args:
         fn: the function to check, usually ``MyFunction.apply``.
         *inputs: its inputs. Floating-point tensors are checked (only those with
-            ``requires_grad=True`` when any has it); anything else is passed through.
+            ``requires_grad=True`` when any has it), each judged at its dtype's precision
+            (float64, float32, float16, bfloat16; float8 tensors are refused); anything else
+            is passed through. Every call gets fresh copies of the tensors, so a forward that
+            writes into its inputs changes neither them nor what the reference sees.
         reference: the same function without the custom backward, ``reference(*inputs)``.
         expected: ``"derivative"``, or ``"surrogate"`` for a backward that is deliberately not
             the derivative (a straight-through estimator): reported, never failed.
@@ -151,8 +156,44 @@ def _torch() -> Any:
 def _options(seed: int, options: dict[str, Any]) -> Options:
     from jaxcheck._engine.doors.rule import _options as rule_options
 
+    if "twin" in options:
+        raise InputError(
+            "twin= does not apply to jaxcheck.torch.check: finite differences of the torch "
+            "forward are the second opinion; pass reference= for the autodiff opinion."
+        )
+
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
     return dataclasses.replace(rule_options(seed, options, "jaxcheck.torch.check"), twin="none")
+
+
+#: The tensor dtypes checked, as NumPy knows them (bfloat16 through ml_dtypes, which JAX ships).
+_CHECKED = ("float64", "float32", "float16", "bfloat16")
+
+
+def _np_dtype(torch_dtype: Any) -> np.dtype:
+    """NumPy's dtype for a torch floating-point dtype (``torch.bfloat16`` included)."""
+    name = str(torch_dtype).removeprefix("torch.")
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _to_numpy(torch: Any, t: Any) -> np.ndarray:
+    """A tensor's values as a NumPy array of the same dtype (torch has no bfloat16 for NumPy)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy().astype(_np_dtype(t.dtype))
+    return t.numpy()
+
+
+def _from_numpy(torch: Any, a: Any) -> Any:
+    """A new tensor holding a copy of ``a``, in its dtype."""
+    a = np.array(a)
+    if a.dtype == _np_dtype(torch.bfloat16):
+        return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _function_name(torch: Any, fn: Callable) -> str:
@@ -209,15 +250,24 @@ class _Inputs:
                 f"none of the {len(inputs)} inputs is a floating-point tensor, so there is no "
                 f"derivative to check."
             )
-        self.params = {
-            n: inputs[i].detach().cpu().numpy().copy() for n, i in self.positions.items()
-        }
+        for n, i in self.positions.items():
+            kind = str(inputs[i].dtype).removeprefix("torch.")
+            if kind not in _CHECKED:
+                raise InputError(
+                    f"input {n!r} is a torch.{kind} tensor; jaxcheck.torch checks "
+                    f"{', '.join(_CHECKED)} tensors, each judged at its own precision.",
+                    hint=f"pass {n}.to(torch.float32) (or float64), and the same to reference",
+                )
+        self.params = {n: _to_numpy(torch, inputs[i]).copy() for n, i in self.positions.items()}
 
     def rebuild(self, params: Any, *, grad: bool = False) -> tuple[list[Any], list[Any]]:
         """The inputs with the checked tensors made from ``params``; and those tensors."""
-        out, leaves = list(self.inputs), []
+        # Tensors passed through are cloned: a forward that writes into its inputs changes
+        # neither the user's tensors nor what the next call (the reference's) sees.
+        out = [x.clone() if isinstance(x, self.torch.Tensor) else x for x in self.inputs]
+        leaves = []
         for n, i in self.positions.items():
-            t = self.torch.from_numpy(np.array(params[n])).to(self.devices[n])
+            t = _from_numpy(self.torch, params[n]).to(self.devices[n])
             if grad:
                 t.requires_grad_(True)
             out[i] = t
@@ -252,7 +302,7 @@ class _Cotangent:
         self.values: list[np.ndarray | None] = []
         for o in _outputs(torch, out):
             if isinstance(o, torch.Tensor) and o.is_floating_point():
-                dtype = np.dtype(str(o.dtype).removeprefix("torch."))
+                dtype = _np_dtype(o.dtype)
                 ct = rng.standard_normal(tuple(o.shape)).astype(dtype).astype(np.float64)
                 self.values.append(ct)
             else:
@@ -277,9 +327,10 @@ def _cost(torch: Any, fn: Callable, inputs: _Inputs, cotangent: _Cotangent, name
     def cost(params: Any) -> Any:
         out = _call(torch, fn, inputs.rebuild(params), f"{name}(*inputs)")
         first = _outputs(torch, out)[0]
-        dtype = np.dtype(str(first.dtype).removeprefix("torch."))
+        dtype = _np_dtype(first.dtype)
         value = float(cotangent.dot(torch, out))
-        return np.asarray(value, dtype if np.issubdtype(dtype, np.floating) else np.float64)
+        floating = np.issubdtype(dtype, np.floating) or dtype == _np_dtype(torch.bfloat16)
+        return np.asarray(value, dtype if floating else np.float64)
 
     return cost
 
@@ -305,7 +356,7 @@ def _autograd(
     out = {}
     for n, leaf, g in zip(inputs.positions, leaves, grads):
         g = torch.zeros_like(leaf) if g is None else g
-        out[n] = g.detach().cpu().numpy()
+        out[n] = _to_numpy(torch, g)
     return out
 
 
@@ -317,9 +368,12 @@ def _compare_reference(
     torch: Any, fn: Callable, reference: Callable, inputs: _Inputs, name: str
 ) -> None:
     """Raises unless ``reference`` computes ``fn``'s values at the float64 inputs."""
-    built = inputs.rebuild(_as64(inputs))
-    got = _outputs(torch, _call(torch, fn, built, f"{name}(*inputs)"))
-    want = _outputs(torch, _call(torch, reference, built, "reference(*inputs)"))
+    # Each gets inputs of its own: a forward that writes into its inputs in place must not
+    # hand the reference the values it wrote.
+    got = _outputs(torch, _call(torch, fn, inputs.rebuild(_as64(inputs)), f"{name}(*inputs)"))
+    want = _outputs(
+        torch, _call(torch, reference, inputs.rebuild(_as64(inputs)), "reference(*inputs)")
+    )
     if len(got) != len(want) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(got, want)):
         raise InputError(
             f"reference(*inputs) returns shapes {[tuple(b.shape) for b in want]} but {name} "
@@ -331,8 +385,8 @@ def _compare_reference(
             continue
         a64, b64 = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
         u = max(
-            epsilon(np.dtype(str(a.dtype).removeprefix("torch."))),
-            epsilon(np.dtype(str(b.dtype).removeprefix("torch."))),
+            epsilon(_np_dtype(a.dtype)),
+            epsilon(_np_dtype(b.dtype)),
         )
         rtol, at = reference_gap(a64, b64, u)
         if at is not None:

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxcheck._engine.evaluate import meetings
 from jaxcheck._engine.evaluate import processes as distributed
 
 # One worker: joins the processes (when there are several), runs one check per method with a
@@ -22,7 +23,7 @@ from jaxcheck._engine.evaluate import processes as distributed
 # every process must refuse with the same error.
 _WORKER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     import jax
 
     process, processes, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -64,12 +65,38 @@ _WORKER = textwrap.dedent(
         grad = model.grad
         if process == 1:
             grad = lambda p: jax.tree.map(lambda g: 2 * g, model.grad(p))
-        for name, ps, g in [("params", params, model.grad), ("grad", model.params, grad)]:
+        # a twin that differs by one Python float written into it
+        scale = 1.0 if process == 0 else 1.0 + 1e-9
+        nudged = lambda p: scale * model.jax_cost(p)
+        # the user's cost raises on one process only
+        def cost(p):
+            if process == 1:
+                raise ZeroDivisionError("a bug on process 1 only")
+            return model.cost(p)
+        # the NumPy cost's data differ, in a check without a twin
+        other_data = lambda p: model.cost(p) * (1.0 + 1e-9 * process)
+        two_way = {"jax_cost": None, "twin": "none"}
+        cases = [
+            ("params", model.cost, model.grad, params, {}),
+            ("grad", model.cost, grad, model.params, {}),
+            ("twin", model.cost, model.grad, model.params, {"jax_cost": nudged}),
+            ("option", model.cost, model.grad, model.params, {"rtol": 1e-6 * (1 + process)}),
+            ("raises", cost, model.grad, model.params, {}),
+            ("numpy data", other_data, model.grad, model.params, two_way),
+            ("bad input", model.cost, model.grad, params if process else "oops", {}),
+        ]
+        for name, c, g, ps, extra in cases:
+            began = time.monotonic()
             try:
-                jc.check(model.cost, g, ps, jax_cost=model.jax_cost)
+                jc.check(c, g, ps, **{"jax_cost": model.jax_cost, **extra})
                 result[name] = None
             except jc.JaxcheckError as err:
                 result[name] = f"{type(err).__name__}: {err}"
+            result[name + " seconds"] = time.monotonic() - began
+        # after all that, the processes are still in step: one more check agrees with one process
+        r = jc.check(model.cost, model.bugs["bias_grad_1_percent"].grad, model.params,
+                     jax_cost=model.jax_cost, method="full", batch_size=3)
+        result["after"] = {"ok": r.ok, "failing": r.failing}
     with open(out, "w") as f:
         json.dump(result, f)
     """
@@ -155,10 +182,39 @@ def test_two_processes_give_the_one_process_answer(tmp_path):
         # every process returns the same report: the same numbers, bit for bit
         assert both[0][method] == both[1][method]
     for result in both:
-        assert result["params"].startswith("InputError: params differ between processes")
-        assert "leaf 2 of 6 (shape (4, 16)) on processes [1]" in result["params"]
+        assert result["params"].startswith("InputError: params leaf 'layers/1/W' (shape (4, 16))")
+        assert "differs between processes (process 0 vs 1" in result["params"]
         assert result["grad"].startswith("NondeterminismError: grad returned different")
-    assert both[0]["params"] == both[1]["params"] and both[0]["grad"] == both[1]["grad"]
+        assert result["twin"].startswith(
+            "InputError: the JAX twin differs between processes (process 0 vs 1)"
+        )
+        assert result["option"].startswith("InputError: the options differ between processes")
+        assert (
+            "check(): rtol (check(): rtol is 1e-06 on process 0 and 2e-06 on process 1)"
+            in (result["option"])
+        )
+        assert "method" not in result["option"]
+        assert result["after"] == {"ok": False, "failing": one["full"]["failing"]}
+    for result in both:
+        assert result["numpy data"].startswith(
+            "InputError: the NumPy cost at params differs between processes (process 0 vs 1: "
+        )
+    for name in ("params", "grad", "twin", "option", "numpy data"):
+        assert both[0][name] == both[1][name]  # every process refuses with the same words
+    # An error on one process reaches the other as a jaxcheck error, within seconds.
+    assert both[1]["raises"].startswith("UserCodeError: ")
+    assert "ZeroDivisionError" in both[1]["raises"]
+    assert both[0]["raises"].startswith(
+        "UserCodeError: process 1 of 2 stopped check() (so every process stops"
+    )
+    assert (
+        "there it raised UserCodeError: cost(params) raised ZeroDivisionError" in both[0]["raises"]
+    )
+    assert "a bug on process 1 only" in both[0]["raises"]
+    assert both[0]["bad input"].startswith("InputError: ")
+    assert both[1]["bad input"].startswith("InputError: process 0 of 2 stopped check() (so")
+    for result in both:
+        assert result["raises seconds"] < 30 and result["bad input seconds"] < 30
 
 
 def test_one_process_changes_nothing():
@@ -177,3 +233,38 @@ def test_one_process_changes_nothing():
     assert placed[0][0] is consts[0] and placed[3][0][0] is args[0][0]
     # nothing to compare with: no collective, no error
     distributed.verify_same_everywhere(consts, leaves, backprop, ("plan",), devices)
+
+
+def test_without_jax_distributed_the_doors_meet_nobody():
+    calls = []
+
+    @meetings.together("check")
+    def door(x, *, rtol=None):
+        calls.append((x, rtol))
+        raise ValueError("its own error, untouched")
+
+    with pytest.raises(ValueError, match="its own error, untouched"):
+        door(1, rtol=1e-3)
+    assert calls == [(1, 1e-3)]
+    assert meetings.client() is None
+
+
+def test_the_twin_digest_ignores_object_ids_but_not_constants():
+    import jax.numpy as jnp
+
+    from jaxcheck._engine.system.twin import trace
+
+    leaves = [np.ones(3)]
+    treedef = jax.tree_util.tree_structure(0)
+
+    def twin(scale):
+        def cost(w):
+            return scale * jnp.sum(jnp.tanh(w) ** 2)
+
+        return trace(cost, treedef, leaves, "given")
+
+    with jax.enable_x64(True):
+        one, same, other = twin(0.5), twin(0.5), twin(0.5 + 1e-12)
+    assert distributed._twin_text(one) == distributed._twin_text(same)
+    assert distributed._twin_text(one) != distributed._twin_text(other)
+    assert distributed._stable(("a", ("object", 1234), 3)) == ("a", ("object",), 3)

@@ -168,3 +168,72 @@ def test_only_inputs_requiring_grad_are_checked_and_setup_context_forwards_are_n
 def test_a_reference_that_computes_another_function_stops_the_check(torch):
     with pytest.raises(jc.ReimplementationError, match="does not compute Linear.apply"):
         jaxcheck.torch.check(linear(torch).apply, *inputs(torch), reference=lambda x, w, b: x @ w)
+
+
+def small_inputs(torch, dtype):
+    """Inputs of ``linear`` in ``dtype``, drawn in float64 (half-precision draws vary by build)."""
+    rng = np.random.default_rng(3)
+    return tuple(
+        torch.from_numpy(rng.standard_normal(shape)).to(dtype) for shape in [(4, 3), (3, 2), (2,)]
+    )
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_precision_backwards_are_judged_at_their_own_precision(torch, name):
+    dtype = getattr(torch, name)
+    try:
+        torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+    except RuntimeError:  # older CPU builds have no half-precision matmul
+        pytest.skip(f"this torch cannot multiply {name} matrices on the CPU")
+    good = jaxcheck.torch.check(
+        linear(torch).apply, *small_inputs(torch, dtype), reference=reference_linear
+    )
+    assert good.ok, str(good)
+    assert good.dtype == name
+    bad = jaxcheck.torch.check(
+        linear(torch, 2.0).apply, *small_inputs(torch, dtype), reference=reference_linear
+    )
+    assert bad.failing == ["weight"]
+
+
+def test_a_tensor_of_a_dtype_numpy_cannot_hold_is_refused_by_name(torch):
+    float8 = getattr(torch, "float8_e4m3fn", None)
+    if float8 is None:
+        pytest.skip("this torch has no float8")
+    x = torch.ones(3).to(float8)
+    with pytest.raises(jc.InputError, match=r"input 'x' is a torch.float8_e4m3fn tensor"):
+        jaxcheck.torch.check(lambda x: x.float() * 2, x)
+
+
+def test_a_forward_that_writes_into_its_inputs_does_not_change_what_the_reference_sees(torch):
+    class TanhScratch(torch.autograd.Function):
+        """tanh(x) * scale, reusing its inputs as scratch space once done with them."""
+
+        @staticmethod
+        def forward(ctx, x, scale):
+            out = torch.tanh(x) * scale
+            ctx.save_for_backward(out / scale, scale.clone())
+            x.zero_()
+            scale.fill_(0.0)
+            return out
+
+        @staticmethod
+        def backward(ctx, g):
+            t, scale = ctx.saved_tensors
+            return g * scale * (1 - t**2), None
+
+    x = torch.tensor([0.3, -1.2, 0.8], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([2.0, 0.5, -1.5], dtype=torch.float64)
+    report = jaxcheck.torch.check(
+        TanhScratch.apply, x, scale, reference=lambda x, s: torch.tanh(x) * s
+    )
+    assert report.ok, str(report)
+    assert list(report.leaves) == ["x"]
+    # the user's tensors are left as they were
+    assert x.detach().tolist() == [0.3, -1.2, 0.8]
+    assert scale.tolist() == [2.0, 0.5, -1.5]
+
+
+def test_an_unknown_option_names_jaxcheck_torch_check(torch):
+    with pytest.raises(jc.InputError, match=r"jaxcheck.torch.check\(\) got an unknown option "):
+        jaxcheck.torch.check(linear(torch).apply, *inputs(torch), rtl=1e-3)

@@ -30,6 +30,7 @@ from jaxcheck.cli._output import (
     exit_code,
     fail,
     in_cli_words,
+    json_stdout,
     stdout_to_stderr,
     usage_error,
     wants_json,
@@ -137,9 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["check", "no/such/model.py:cost", "--grad", "x.py:g", "--params", "p.npz"])
         2
     """
+    process = argv is None  # the command itself: in --json mode stdout is the JSON's to the end
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = wants_json(argv)
-    stdout = sys.stdout
+    if not as_json:
+        return _main(argv, as_json, sys.stdout)
+    with json_stdout(to_the_end=process) as stdout:
+        return _main(argv, as_json, stdout)
+
+
+def _main(argv: list[str], as_json: bool, stdout: TextIO) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

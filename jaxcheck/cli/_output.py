@@ -204,6 +204,42 @@ def stdout_to_stderr() -> Iterator[None]:
             os.close(saved)
 
 
+@contextlib.contextmanager
+def json_stdout(*, to_the_end: bool) -> Iterator[TextIO]:
+    """For ``--json``: yields the stream for the JSON object; all else written goes to stderr.
+
+    ``sys.stdout`` (and file descriptor 1, when it is that) point at standard error, and the
+    stream yielded writes to the original standard output. With ``to_the_end`` (the command
+    line as a process) they stay so until the process ends, so that what the user's code prints
+    from ``atexit`` handlers, or C code at exit, cannot follow the JSON object on stdout.
+    """
+    stdout = sys.stdout
+    stdout.flush()
+    if _fileno(stdout) != 1 or _fileno(sys.stderr) is None:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield stdout
+        if to_the_end:
+            sys.stdout = sys.stderr
+        return
+    saved = os.dup(1)
+    os.dup2(sys.stderr.fileno(), 1)
+    encoding = getattr(stdout, "encoding", None) or "utf-8"
+    out = os.fdopen(saved, "w", encoding=encoding, errors=getattr(stdout, "errors", None))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield out
+    finally:
+        with contextlib.suppress(Exception):
+            out.flush()
+        if to_the_end:
+            sys.stdout = sys.stderr
+            with contextlib.suppress(Exception):
+                out.close()
+        else:
+            os.dup2(saved, 1)
+            out.close()
+
+
 def write(text: str, file: TextIO | None = None) -> None:
     """Prints ``text``, replacing characters the stream's encoding cannot show (×, —, θ).
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.order import in_user_order
@@ -21,6 +22,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_gradients", "check"]
 
 
+@door("check")
 def check(
     cost: Callable,
     grad: Callable | None,
@@ -144,6 +146,7 @@ def check(
     return report
 
 
+@door("assert_gradients", check)
 def assert_gradients(cost: Callable, grad: Callable | None, params: Any, **options: Any) -> Report:
     """Like :func:`check`, but raises :class:`jaxcheck.GradientError` when backprop is wrong.
 

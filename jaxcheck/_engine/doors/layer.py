@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
+
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.gradient import check
 from jaxcheck._engine.doors.object import left_as_found
 from jaxcheck._engine.options import Options
@@ -23,6 +26,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_layer", "check_layer"]
 
 
+@door("check_layer", check)
 def check_layer(
     forward: Callable[..., Any],
     backward: Callable[..., Any],
@@ -111,6 +115,7 @@ def check_layer(
     require_callable("backward", backward)
     if jax_forward is not None:
         require_callable("jax_forward", jax_forward)
+    _no_jax_arrays(forward, args, forward_kwargs)
     seed = Options(seed=options.get("seed", 0)).seed
     layer = Layer(forward, backward, args, wrt, forward_kwargs)
     with left_as_found(forward, backward, jax_forward):
@@ -128,6 +133,31 @@ def check_layer(
             ) from err
 
 
+def _no_jax_arrays(
+    forward: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any] | None
+) -> None:
+    """Refuses JAX arrays among forward's arguments, by name: check_layer checks NumPy layers."""
+    from jaxcheck._engine.doors.rule import argument_names
+
+    names = argument_names(forward, len(args))
+    given = list(zip(names, args))
+    if isinstance(kwargs, Mapping):
+        given += list(kwargs.items())
+    for name, value in given:
+        try:
+            leaves = jax.tree_util.tree_leaves(value)
+        except Exception:  # noqa: BLE001 - not a pytree: passed to forward as it is
+            continue
+        if any(isinstance(leaf, jax.Array) for leaf in leaves):
+            raise InputError(
+                f"check_layer got a JAX array for forward's argument {name!r}; check_layer "
+                f"checks NumPy layers, so pass NumPy arrays (np.asarray({name})). For a layer "
+                f"written in JAX, jax.grad is the derivative: jc.check_rule checks a custom rule.",
+                hint=f"pass np.asarray({name}) instead of the JAX array",
+            )
+
+
+@door("assert_layer", check_layer)
 def assert_layer(
     forward: Callable[..., Any], backward: Callable[..., Any], *args: Any, **options: Any
 ) -> Report:

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.gradient import check
 from jaxcheck._engine.system.params import flatten_params, scalar_cost
 from jaxcheck.errors import GradientError, InputError, JaxcheckError, user_code_error
@@ -23,6 +24,7 @@ from jaxcheck.report import Report
 __all__ = ["assert_object", "check_object"]
 
 
+@door("check_object", check)
 def check_object(
     obj: Any,
     loss: Callable[[Any], Any],
@@ -157,6 +159,7 @@ def check_object(
         return check(cost, None if grad is None else gradient, params, **options)
 
 
+@door("assert_object", check_object)
 def assert_object(
     obj: Any, loss: Callable[[Any], Any], grad: Callable[[Any], Any] | None = None, **options: Any
 ) -> Report:

@@ -4,6 +4,12 @@ Every process runs the same check on its own copy of the params and data. The pe
 each batch are split over a mesh of all processes' devices, and the perturbed costs are gathered
 back to every process inside the compiled program, so that every process judges the same numbers
 and returns the same report. With one process nothing here changes anything.
+
+Before the first collective the processes meet (:mod:`jaxcheck._engine.evaluate.meetings`):
+they agree on a status (ok, or the error that stopped one of them) and compare digests of what
+makes the check (:func:`agree`, :func:`verify_same_everywhere`). An error on one process, or
+inputs that differ, reach every process as the same jaxcheck error within a moment, never as a
+hang or an abort from JAX's coordination service.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxcheck._engine.evaluate.meetings import client, meet, noted, shared, value_text
 from jaxcheck.errors import InputError, NondeterminismError
 
 __all__ = [
     "AXIS",
+    "agree",
     "global_inputs",
     "own_device",
     "probe_mesh",
@@ -122,16 +130,193 @@ def _digest(arrays: Sequence[Any]) -> bytes:
     return digest.digest()
 
 
+def _hex(arrays: Sequence[Any]) -> list[str]:
+    return [_digest([x]).hex()[:32] for x in arrays]
+
+
 def _structure(arrays: Sequence[Any]) -> bytes:
     return repr(
         [(np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in arrays]
     ).encode()
 
 
+def _stable(key: Any) -> Any:
+    """A twin's key without object ids (another process's custom rule has another id)."""
+    if isinstance(key, tuple):
+        if len(key) == 2 and key[0] == "object" and isinstance(key[1], int):
+            return ("object",)
+        return tuple(_stable(k) for k in key)
+    return key
+
+
+def _twin_text(twin: Any) -> str:
+    if twin is None:
+        return "none"
+    body = repr(_stable(twin.key)) if twin.key is not None else str(twin.jaxpr)
+    return hashlib.sha256(f"{twin.kind}|{body}".encode()).hexdigest()[:32]
+
+
+def _differ(entries: list[dict], field: str) -> list[int]:
+    return [p for p, e in enumerate(entries) if e[field] != entries[0][field]]
+
+
+def _first(entries: list[dict], field: str) -> tuple[int, list[int]]:
+    """The first index of the list ``field`` that differs, and the processes where it does."""
+    ours = entries[0][field]
+    for i in range(len(ours)):
+        bad = [p for p, e in enumerate(entries) if e[field][i] != ours[i]]
+        if bad:
+            return i, bad
+    return 0, _differ(entries, field)
+
+
+def _vs(processes: list[int]) -> str:
+    return f"process 0 vs {', '.join(map(str, processes))}"
+
+
+_ADVICE = (
+    "every process runs the whole check on its own copy: start them all from the same params "
+    "(the same seed or checkpoint), load the same data and pass the same options and twin; "
+    "only the perturbations are split"
+)
+
+
+def agree(
+    *,
+    twin: Any,
+    leaves: Sequence[Any],
+    paths: Sequence[str],
+    backprop: Sequence[Any],
+    options: Any,
+    cost: float | None = None,
+) -> None:
+    """Every process meets before the first collective and compares its check with the others.
+
+    Compared: the params' paths, shapes and dtypes; the options (``Options`` and the door's own
+    keywords); the JAX twin's structure with the constants written into it; the params; the
+    data the twin closes over; the NumPy cost at the params (``cost``: it tells when the data
+    the NumPy code closes over differ, also without a twin); the user's gradient. Does nothing
+    unless the check's devices span processes. An error another process met before this point
+    is raised here too.
+
+    Raises:
+        InputError: something differs; the message names it and the processes (on every
+            process the same message).
+        NondeterminismError: ``grad`` returned different gradients at the same params.
+    """
+    if client() is None:
+        return
+    if not spans_processes(options.devices if options.devices is not None else jax.devices()):
+        return
+    door, named = noted()
+    fields = ("method", "samples", "directions", "eps", "rtol", "batch_size", "seed")
+    for field in (*fields, "memory_budget", "incremental", "twin"):
+        named[f"{door}(): {field}"] = value_text(getattr(options, field))
+    consts = () if twin is None else twin.consts
+    entries = meet(
+        {
+            "structure": _structure(leaves).decode() + repr(list(paths)),
+            "options": sorted(named.items()),
+            "twin": _twin_text(twin),
+            "params": _hex(leaves),
+            "cost": float(cost).hex() if cost is not None else "",
+            "data": [_structure(consts).decode(), *_hex(consts)],
+            "backprop": _hex(backprop),
+        }
+    )
+    _raise_difference(entries, leaves, paths, consts)
+
+
+def _raise_difference(
+    entries: list[dict], leaves: Sequence[Any], paths: Sequence[str], consts: Sequence[Any]
+) -> None:
+    if bad := _differ(entries, "structure"):
+        raise shared(
+            InputError(
+                f"the params have other paths, shapes or dtypes on process(es) {bad} than on "
+                f"process 0; {_ADVICE}.",
+                hint="pass identical params to the check in every process",
+            )
+        )
+    if bad := _differ(entries, "options"):
+        theirs = dict(map(tuple, entries[bad[0]]["options"]))
+        ours = dict(map(tuple, entries[0]["options"]))
+        names = sorted(n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n))
+        raise shared(
+            InputError(
+                f"the options differ between processes ({_vs(bad)}): {', '.join(names)} "
+                f"({names[0]} is {ours.get(names[0], 'not given')} on process 0 and "
+                f"{theirs.get(names[0], 'not given')} on process {bad[0]}); "
+                f"{_ADVICE}.",
+                hint="pass the same options to the check in every process",
+            )
+        )
+    if bad := _differ(entries, "twin"):
+        raise shared(
+            InputError(
+                f"the JAX twin differs between processes ({_vs(bad)}): its operations or a "
+                f"constant written into it (a Python number) are not the same; {_ADVICE}.",
+                hint="trace the same jax_cost, with the same constants, in every process",
+            )
+        )
+    if bad := _differ(entries, "params"):
+        i, bad = _first(entries, "params")
+        raise shared(
+            InputError(
+                f"params leaf {paths[i]!r} (shape {np.shape(leaves[i])}) differs between "
+                f"processes ({_vs(bad)}; compared by SHA-256 of the bytes); {_ADVICE}.",
+                hint="pass identical params to the check in every process",
+            )
+        )
+    if bad := _differ(entries, "data"):
+        i, bad = _first(entries, "data")
+        which = (
+            "their shapes or dtypes"
+            if i == 0
+            else f"array {i} of {len(consts)}, shape {np.shape(consts[i - 1])}"
+        )
+        raise shared(
+            InputError(
+                f"the data the JAX twin closes over differ between processes ({_vs(bad)}: "
+                f"{which}); {_ADVICE}.",
+                hint="load the same data in every process",
+            )
+        )
+    if bad := _differ(entries, "cost"):
+        values = [float.fromhex(entries[p]["cost"]) for p in (0, bad[0])]
+        raise shared(
+            InputError(
+                f"the NumPy cost at params differs between processes ({_vs(bad)}: "
+                f"{values[0]!r} vs {values[1]!r}) although the params agree: the data it "
+                f"closes over differ; {_ADVICE}.",
+                hint="load the same data in every process",
+            )
+        )
+    if bad := _differ(entries, "backprop"):
+        i, bad = _first(entries, "backprop")
+        raise shared(
+            NondeterminismError(
+                f"grad returned different gradients for leaf {paths[i]!r} between processes "
+                f"({_vs(bad)}) at identical params: its data or its randomness differ between "
+                f"processes; {_ADVICE}."
+            )
+        )
+
+
 def _gather(rows: list[bytes]) -> np.ndarray:
     """Every process's rows of 32-byte digests, as an array (processes, rows, 32)."""
     mine = np.frombuffer(b"".join(rows), np.uint8).reshape(len(rows), -1)
     return np.asarray(multihost_utils.process_allgather(mine))
+
+
+def _exchange(rows: list[bytes]) -> np.ndarray:
+    """Like :func:`_gather`, through the key-value store (a meeting) when there is one."""
+    if client() is None:
+        return _gather(rows)
+    entries = meet({"rows": [r.hex() for r in rows]})
+    return np.array(
+        [[np.frombuffer(bytes.fromhex(r), np.uint8) for r in e["rows"]] for e in entries]
+    )
 
 
 def verify_same_everywhere(
@@ -143,10 +328,11 @@ def verify_same_everywhere(
 ) -> None:
     """Raises unless every process has the same params, data, backprop and batch plan.
 
-    Each process hashes its copies (SHA-256 over the bytes) and the hashes are exchanged: a few
-    bytes per process, one collective, whatever the number of parameters. Processes that
-    disagreed would judge different checks, or deadlock in a program of another shape. Every
-    process sees the same gathered hashes, so every process raises the same error.
+    Each process hashes its copies (SHA-256 over the bytes) and the hashes are exchanged (a
+    meeting in the key-value store, where an error another process met is raised too): a few
+    bytes per process, whatever the number of parameters. Processes that disagreed would judge
+    different checks, or deadlock in a program of another shape. Every process sees the same
+    hashes, so every process raises the same error.
 
     Raises:
         InputError: the params (the message names the first differing leaf) or the data the
@@ -164,48 +350,55 @@ def verify_same_everywhere(
         _digest(backprop),
         hashlib.sha256(repr(plan).encode()).digest(),
     ]
-    every = _gather(rows)
+    every = _exchange(rows + [_digest([v]) for v in leaves])
     differ = {
         name: [p for p in range(every.shape[0]) if not np.array_equal(every[p, i], every[0, i])]
         for i, name in enumerate(names)
     }
-    advice = (
-        "every process runs the whole check on its own copy: start them all from the same params "
-        "(the same seed or checkpoint) and load the same data; only the perturbations are split"
-    )
     if differ["structure"]:
-        raise InputError(
-            f"the params or the JAX twin's data have different shapes on processes "
-            f"{differ['structure']} than on process 0; {advice}.",
-            hint="pass identical params and data to jc.check in every process",
+        raise shared(
+            InputError(
+                f"the params or the JAX twin's data have different shapes on processes "
+                f"{differ['structure']} than on process 0; {_ADVICE}.",
+                hint="pass identical params and data to jc.check in every process",
+            )
         )
     if differ["params"]:
-        leaf_rows = _gather([_digest([v]) for v in leaves])
+        leaf_rows = every[:, len(names) :]
         first = next(
             i for i in range(len(leaves)) if not np.all(leaf_rows[:, i] == leaf_rows[0, i])
         )
-        raise InputError(
-            f"params differ between processes: leaf {first} of {len(leaves)} (shape "
-            f"{np.shape(leaves[first])}) on processes {differ['params']} is not process 0's "
-            f"(compared by SHA-256 of the bytes); {advice}.",
-            hint="pass identical params to jc.check in every process",
+        raise shared(
+            InputError(
+                f"params differ between processes: leaf {first} of {len(leaves)} (shape "
+                f"{np.shape(leaves[first])}) on processes {differ['params']} is not process "
+                f"0's (compared by SHA-256 of the bytes); {_ADVICE}.",
+                hint="pass identical params to jc.check in every process",
+            )
         )
     if differ["data"]:
-        raise InputError(
-            f"the data the JAX twin closes over differ on processes {differ['data']} from "
-            f"process 0's; {advice}.",
-            hint="load the same data in every process",
+        raise shared(
+            InputError(
+                f"the data the JAX twin closes over differ on processes {differ['data']} from "
+                f"process 0's; {_ADVICE}.",
+                hint="load the same data in every process",
+            )
         )
     if differ["backprop"]:
-        raise NondeterminismError(
-            f"grad returned different gradients on processes {differ['backprop']} than on "
-            f"process 0 at identical params: its data or its randomness differ between "
-            f"processes; {advice}."
+        raise shared(
+            NondeterminismError(
+                f"grad returned different gradients on processes {differ['backprop']} than on "
+                f"process 0 at identical params: its data or its randomness differ between "
+                f"processes; {_ADVICE}."
+            )
         )
     if differ["plan"]:
-        raise InputError(
-            f"processes {differ['plan']} planned other batches of perturbations than process 0 "
-            f"(different batch_size, memory_budget, devices or device memory); pass the same "
-            f"options everywhere, and an explicit batch_size= on unlike machines.",
-            hint="pass the same batch_size to jc.check in every process",
+        raise shared(
+            InputError(
+                f"processes {differ['plan']} planned other batches of perturbations than "
+                f"process 0 (different batch_size, memory_budget, devices or device memory); "
+                f"pass the same options everywhere, and an explicit batch_size= on unlike "
+                f"machines.",
+                hint="pass the same batch_size to jc.check in every process",
+            )
         )

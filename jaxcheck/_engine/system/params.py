@@ -15,7 +15,18 @@ import numpy as np
 
 from jaxcheck.errors import InputError
 
-__all__ = ["Leaves", "flatten_params", "match_gradient", "path_to_str", "scalar_cost"]
+__all__ = [
+    "MAX_DEPTH",
+    "Leaves",
+    "check_depth",
+    "flatten_params",
+    "match_gradient",
+    "path_to_str",
+    "scalar_cost",
+]
+
+#: How deep a pytree of params, gradients or cost outputs may nest (far beyond any network's).
+MAX_DEPTH = 200
 
 
 def path_to_str(path: Sequence[Any]) -> str:
@@ -65,29 +76,50 @@ def _is_float(dtype: np.dtype) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
-def _find_cycle(node: Any, trail: list[str], active: set[int]) -> str | None:
-    """The path at which a container holds itself (directly or further down), if any."""
-    if isinstance(node, Mapping):
-        items = list(node.items())
-    elif isinstance(node, (list, tuple)):
-        items = list(enumerate(node))
-    else:
-        return None
-    if id(node) in active:
-        return "/".join(trail) or "<root>"
-    active.add(id(node))
-    try:
-        for key, child in items:
-            found = _find_cycle(child, [*trail, str(key)], active)
-            if found is not None:
-                return found
-    finally:
-        active.discard(id(node))
+def check_depth(tree: Any, what: str) -> str | None:
+    """Walks ``tree`` without recursion: refuses one nested deeper than :data:`MAX_DEPTH`.
+
+    A tree thousands of levels deep is refused by name instead of exhausting Python's stack
+    further on.
+
+    Returns:
+        The path at which a container holds itself (a cycle), if any; else None.
+
+    Raises:
+        InputError: containers nest more than :data:`MAX_DEPTH` levels deep.
+    """
+    todo: list[tuple[Any, int, tuple[str, ...], bool]] = [(tree, 0, (), False)]
+    active: set[int] = set()
+    visits = 0
+    while todo and visits < 1_000_000:
+        node, depth, trail, leaving = todo.pop()
+        if leaving:
+            active.discard(id(node))
+            continue
+        if isinstance(node, Mapping):
+            children = [(str(k), v) for k, v in node.items()]
+        elif isinstance(node, (list, tuple)):
+            children = [(str(i), v) for i, v in enumerate(node)]
+        else:
+            continue
+        visits += 1
+        if id(node) in active:
+            return "/".join(trail) or "<root>"
+        if depth >= MAX_DEPTH:
+            raise InputError(
+                f"{what} nests containers more than {MAX_DEPTH} levels deep (under "
+                f"{'/'.join(trail[:3])!r}/...); jaxcheck needs a tree of arrays of sensible depth "
+                f"(dicts, lists, tuples of arrays, as a network's parameters are).",
+                hint="flatten the nesting: e.g. a dict or list of the layers' arrays",
+            )
+        active.add(id(node))
+        todo.append((node, depth, trail, True))
+        todo.extend((child, depth + 1, (*trail, key), False) for key, child in children)
     return None
 
 
 def _flatten(params: Any, what: str) -> tuple[list[Any], Any]:
-    cycle = _find_cycle(params, [], set())
+    cycle = check_depth(params, what)
     if cycle is not None:
         raise InputError(
             f"{what} contains itself at {cycle!r} (a cyclic container); jaxcheck needs a tree of "
@@ -180,6 +212,8 @@ def scalar_cost(value: Any, *, what: str = "cost(params)") -> float:
     Raises:
         InputError: if the value is not a finite real scalar.
     """
+    if isinstance(value, (tuple, list, Mapping)):
+        check_depth(value, what)
     if isinstance(value, (tuple, list)):
         if not value:
             raise InputError(f"{what} returned an empty {type(value).__name__}; expected a scalar.")
@@ -227,7 +261,15 @@ def _lookup(tree: Any, keys: tuple[Any, ...], path: str, what: str) -> Any:
                     f"for every parameter, keyed like params or as 'd' + name."
                 )
         elif isinstance(node, Sequence) and not isinstance(node, (str, bytes, np.ndarray)):
-            if not isinstance(key, int) or key >= len(node):
+            if not isinstance(key, int):
+                raise InputError(
+                    f"grad(params) has no entry for leaf {path!r}: at {here} it returned a "
+                    f"{type(node).__name__} of {len(node)} items where params have a dict; "
+                    f"return a dict keyed like params (with {key!r}), not a "
+                    f"{type(node).__name__}: jaxcheck does not guess which item is which key.",
+                    hint="return a dict keyed like params, e.g. {'W1': dW1, 'b1': db1}",
+                )
+            if key >= len(node):
                 raise InputError(
                     f"{what} has no entry for leaf {path!r}: {here} is a sequence of "
                     f"length {len(node)}, expected index {key!r}."
@@ -262,6 +304,12 @@ def match_gradient(grads: Any, leaves: Leaves, *, what: str = "grad(params)") ->
     Raises:
         InputError: if a leaf is missing, has the wrong shape, or is not numeric.
     """
+    cycle = check_depth(grads, "grad(params)")
+    if cycle is not None:
+        raise InputError(
+            f"grad(params) contains itself at {cycle!r} (a cyclic container); return a tree of "
+            f"arrays shaped like params."
+        )
     params_is_tuple = isinstance(leaves.unflatten([None] * len(leaves.paths)), tuple)
     if isinstance(grads, tuple) and len(grads) == 2 and not params_is_tuple:
         # Allow (grads, cache)-style returns only when params itself is not a 2-tuple.

@@ -8,12 +8,14 @@ system, and the twin traced once. Nothing of the user's data is modified.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from jaxcheck._engine.evaluate import processes
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.params import Leaves, flatten_params, match_gradient, scalar_cost
 from jaxcheck._engine.system.twin import Twin, output_dtype, trace
@@ -151,6 +153,96 @@ def _split(result: Any, name: str) -> tuple[Any, Any]:
     return result[0], result[1]
 
 
+def _is_scalar(x: Any) -> bool:
+    if isinstance(x, (Mapping, list, tuple, str, bytes)):
+        return False
+    try:
+        arr = np.asarray(x)
+    except Exception:  # noqa: BLE001 - not an array at all
+        return False
+    return arr.size == 1 and arr.dtype != object
+
+
+def _tree_text(x: Any) -> str:
+    if isinstance(x, Mapping):
+        return f"dict with keys {sorted(map(str, x))[:6]}"
+    if isinstance(x, (list, tuple)):
+        return f"{type(x).__name__} of {len(x)} items"
+    return f"{type(x).__name__} of shape {np.shape(x)}"
+
+
+def _covers(tree: Any, leaves: Leaves) -> bool:
+    """Whether ``tree`` holds arrays of every shape params have (as a gradient would)."""
+    try:
+        have = Counter(np.shape(x) for x in jax.tree_util.tree_leaves(tree))
+    except Exception:  # noqa: BLE001 - not a pytree
+        return False
+    need = Counter(v.shape for v in leaves.values)
+    return all(have[shape] >= n for shape, n in need.items())
+
+
+def _loss_first(loss: Any, grads: Any, name: str) -> None:
+    """With ``grad=None``: a pytree where the loss should be is named, as is ``(grads, loss)``."""
+    if _is_scalar(loss) or not (isinstance(loss, (Mapping, list, tuple)) or np.size(loss) > 1):
+        return
+    swapped = _is_scalar(grads)
+    raise InputError(
+        f"with grad=None, {name}(params) must return (loss, grads), but item 0 of what it "
+        f"returned is a {_tree_text(loss)}, a pytree where the scalar loss should be"
+        + (
+            "; item 1 is a scalar: it returned (grads, loss). Return (loss, grads) instead."
+            if swapped
+            else "."
+        ),
+        hint="return (loss, grads): the scalar loss first",
+    )
+
+
+def _not_a_gradient(value: Any, grad: Callable, leaves: Leaves) -> None:
+    """Refuses a cost that returns what looks like the gradient, saying when the two swapped."""
+    if isinstance(value, (list, tuple)) and value and _is_scalar(value[0]):
+        return  # (loss, extra): the first item is the loss
+    if not isinstance(value, (Mapping, list, tuple)) or not (
+        isinstance(value, Mapping) or _covers(value, leaves)
+    ):
+        return
+    try:
+        swapped = _is_scalar(grad(leaves.fresh()))
+    except Exception:  # noqa: BLE001 - grad's own errors are reported when it is called
+        swapped = False
+    if swapped:
+        raise InputError(
+            f"cost and grad are swapped: cost(params) returned a {_tree_text(value)} (like a "
+            f"gradient) and grad(params) a scalar. Pass the loss function first: "
+            f"jc.check(cost, grad, params).",
+            hint="swap the first two arguments of the check",
+        )
+    raise InputError(
+        f"cost(params) returned a {_tree_text(value)}, a pytree where the scalar loss should "
+        f"be; cost must return the loss (a float, or a tuple whose first item is the float).",
+        hint="return the scalar loss from cost; the gradient comes from grad",
+    )
+
+
+def _match(grads: Any, leaves: Leaves, name: str | None) -> list[np.ndarray]:
+    """:func:`match_gradient`; with ``grad=None`` (``name``) a cache is told from gradients."""
+    try:
+        return match_gradient(grads, leaves)
+    except InputError as err:
+        if name is None or not isinstance(grads, (Mapping, list, tuple)):
+            raise
+        if _covers(grads, leaves):
+            raise
+        raise InputError(
+            f"with grad=None, {name}(params) must return (loss, grads), but item 1 of what it "
+            f"returned (a {_tree_text(grads)}) does not hold arrays shaped like params "
+            f"({[tuple(v.shape) for v in leaves.values][:6]}): it looks like a cache (values "
+            f"of the forward pass), not gradients. Pass grad= a function returning the "
+            f"gradients, e.g. grad=lambda p: backward(p, {name}(p)[1]).",
+            hint="pass grad= a function that returns the gradients",
+        ) from err
+
+
 def prepare(
     cost: Callable, grad: Callable | None, params: Any, jax_cost: Callable | None, options: Options
 ) -> System:
@@ -171,10 +263,12 @@ def prepare(
     name = "cost" if grad is not None else "fn"
     if grad is None:
         loss_a, grads_a = _split(call_user(cost, leaves.fresh(), name), name)
+        _loss_first(loss_a, grads_a, name)
         loss_b, grads_b = _split(call_user(cost, leaves.fresh(), name), name)
         cost_fn = _loss_of(cost)
     else:
         loss_a = call_user(cost, leaves.fresh(), name)
+        _not_a_gradient(loss_a, grad, leaves)
         loss_b = call_user(cost, leaves.fresh(), name)
         cost_fn = cost
     value = scalar_cost(loss_a, what=f"{name}(params)")
@@ -188,7 +282,7 @@ def prepare(
     if grad is not None:
         grads_a = call_user(grad, leaves.fresh(), "grad")
         grads_b = call_user(grad, leaves.fresh(), "grad")
-    backprop = match_gradient(grads_a, leaves)
+    backprop = _match(grads_a, leaves, name if grad is None else None)
     second = match_gradient(grads_b, leaves)
     for path, a, b in zip(leaves.paths, backprop, second):
         if not _same(a, b):
@@ -204,6 +298,15 @@ def prepare(
     backprop64 = _rerun64(cost if grad is None else grad, grad is None, leaves, leaves64, dtype)
     cost64 = _cost64(cost_fn, leaves, leaves64, dtype)
     twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
+    # Several processes: all meet here, before any collective, and compare their checks.
+    processes.agree(
+        twin=twin,
+        leaves=leaves.values,
+        paths=leaves.paths,
+        backprop=backprop,
+        options=options,
+        cost=value,
+    )
     return System(
         leaves,
         leaves64,
