@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxcheck.errors import InputError
 
-__all__ = ["METHODS", "TWIN_MODES", "Options", "reject_unknown"]
+__all__ = ["METHODS", "TWIN_MODES", "Options"]
 
 #: The finite-difference methods.
 METHODS = ("full", "sample", "directional")
@@ -97,23 +97,6 @@ class Options:
     def directions_per_leaf(self) -> int:
         """Random directions per leaf in ``method="directional"``."""
         return self.directions or DEFAULT_DIRECTIONS
-
-
-def reject_unknown(door: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
-    """Raises the one error for options a door does not take, naming the door and the options.
-
-    Examples:
-        >>> reject_unknown("check_hvp", {"eps": 1e-6}, ["eps", "rtol"])
-        >>> try:
-        ...     reject_unknown("check_hvp", {"method": "sample"}, ["rtol", "eps"])
-        ... except InputError as err:
-        ...     print(err)
-        check_hvp got unknown options ['method']; it takes ['eps', 'rtol'].
-    """
-    allowed = sorted(allowed)
-    unknown = sorted(name for name in given if name not in allowed)
-    if unknown:
-        raise InputError(f"{door} got unknown options {unknown}; it takes {allowed}.")
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -23,6 +23,7 @@ from typing import Any, cast
 import jax
 import numpy as np
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.product_report import HvpReport, _report, _Tally
 from jaxcheck._engine.evaluate.products import (
     SPECS,
@@ -32,7 +33,8 @@ from jaxcheck._engine.evaluate.products import (
     gradient_rounding,
     tolerance_floor,
 )
-from jaxcheck._engine.options import Options, reject_unknown
+from jaxcheck._engine.keywords import reject_unknown
+from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.params import Leaves, match_gradient
 from jaxcheck._engine.system.prepare import System, prepare
 from jaxcheck._engine.verdict import classify as vd
@@ -75,6 +77,7 @@ MAX_REFINED = 1024
 NORM_SPREAD = 4.0
 
 
+@door("check_hvp")
 def check_hvp(
     cost: Callable,
     hvp: Callable,
@@ -206,6 +209,7 @@ _OPTIONS = tuple(
 )
 
 
+@door("assert_hvp", check_hvp)
 def assert_hvp(cost: Callable, hvp: Callable, params: Any, **options: Any) -> HvpReport:
     """Like :func:`check_hvp`, but raises :class:`jaxcheck.GradientError` when hvp is wrong.
 

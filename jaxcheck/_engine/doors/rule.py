@@ -15,9 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.pipeline import run
 from jaxcheck._engine.doors.rule_report import RuleReport
-from jaxcheck._engine.options import Options, reject_unknown
+from jaxcheck._engine.keywords import reject_unknown
+from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.arguments import argument_names
 from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict.classify import epsilon
@@ -46,6 +48,7 @@ REFERENCE_EPS_UNITS = 1000
 REFERENCE_RTOL_FLOAT64 = 1e-9
 
 
+@door("check_rule", Options)
 def check_rule(
     f: Callable,
     *args: Any,
@@ -249,6 +252,7 @@ _ENGINE_OPTIONS = tuple(
 )
 
 
+@door("assert_rule", check_rule, Options)
 def assert_rule(f: Callable, *args: Any, **options: Any) -> RuleReport:
     """Like :func:`check_rule`, but raises :class:`jaxcheck.GradientError` when the rule is wrong.
 
