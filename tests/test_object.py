@@ -9,6 +9,9 @@ and a layer that hands its gradient to an optimizer. No JAX is written.
 
 from __future__ import annotations
 
+import dataclasses
+from collections import namedtuple
+
 import numpy as np
 import pytest
 
@@ -367,6 +370,67 @@ def test_property_without_a_setter():
         )
 
 
+class Module:
+    """Registers the arrays assigned to it in self._parameters, as torch's nn.Module does."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+
+    def __setattr__(self, name, value):
+        if isinstance(value, np.ndarray):
+            self._parameters[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        try:
+            return self._parameters[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class ModuleLinear(Module):
+    def __init__(self, seed=8):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.weight = rng.normal(size=(2, 3))
+        self.bias = np.array([0.1, -0.2])
+
+    def loss(self, x):
+        return np.sum(np.sin(x @ self.weight.T + self.bias))
+
+    def grad(self, x):
+        c = np.cos(x @ self.weight.T + self.bias)
+        return {"weight": c.T @ x, "bias": c.sum(axis=0)}
+
+
+def test_attributes_provided_by_getattr():
+    x = RNG.normal(size=(4, 3))
+    layer = ModuleLinear()
+    params = dict(layer._parameters)
+    report = jc.check_object(
+        layer, lambda m: m.loss(x), lambda m: m.grad(x), attributes=("weight", "bias")
+    )
+    assert report.ok, str(report)
+    assert layer._parameters == params and "weight" not in vars(layer)
+    with pytest.raises(jc.InputError, match=r"ModuleLinear object has no attribute 'weights'"):
+        jc.check_object(layer, lambda m: m.loss(x), lambda m: m.grad(x), attributes="weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenLinear:
+    W: np.ndarray
+
+    def loss(self, x):
+        return np.sum((x @ self.W) ** 2)
+
+
+def test_an_attribute_that_cannot_be_set_is_named():
+    model = FrozenLinear(np.eye(2))
+    with pytest.raises(jc.InputError, match=r"jaxcheck cannot set obj\.W \(FrozenInstanceError"):
+        jc.check_object(model, lambda m: m.loss(XF[:, :2]), lambda m: 2 * m.W, attributes="W")
+
+
 class SlottedLayer:
     __slots__ = ("W", "b", "cache", "__calls")
 
@@ -652,3 +716,47 @@ def test_large_data_is_fingerprinted_not_copied():
     with pytest.warns(UserWarning, match=r"at data\) in place"):
         snap.restore()
     assert h.small[0] == 1.0
+
+
+Weights = namedtuple("Weights", ["W", "b"])
+
+
+class TupleHeldLayer:
+    """Keeps its parameters in a namedtuple, and the forward cache in a plain tuple."""
+
+    def __init__(self, seed=9):
+        rng = np.random.default_rng(seed)
+        self.weights = Weights(rng.normal(size=(3, 2)), np.array([0.2, -0.1]))
+        self.cache = (None, self.weights.W.T)  # a transposed view, kept for the forward pass
+
+    def loss(self, x):
+        W_T, b = self.cache[1], self.weights.b  # reads W only through the view in the tuple
+        self.cache = (x, W_T)
+        return np.sum(np.tanh(x @ W_T.T + b))
+
+    def grad(self, x):
+        W, b = self.weights
+        dz = 1 - np.tanh(x @ W + b) ** 2
+        return {"W": x.T @ dz, "b": dz.sum(axis=0)}
+
+
+def test_parameters_and_views_held_in_tuples():
+    x = RNG.normal(size=(4, 3))
+    layer = TupleHeldLayer()
+    weights, cache = layer.weights, layer.cache
+    paths = ("weights/W", "weights/b")
+    report = jc.check_object(layer, lambda m: m.loss(x), lambda m: m.grad(x), attributes=paths)
+    assert report.ok and list(report.leaves) == list(paths), str(report)
+    assert layer.weights is weights and layer.cache is cache
+
+
+def test_a_deep_chain_of_objects_is_walked_without_recursion():
+    net = Scaled()
+    node = net
+    for _ in range(5_000):
+        node.next = Node()
+        node = node.next
+    node.w = net._w  # far below the walk's depth: not followed, and nothing breaks
+    report = jc.check_object(net, lambda n: np.sum(n._w**3), lambda n: 3 * n._w**2, attributes="_w")
+    assert report.ok, str(report)
+    assert node.w is net._w

@@ -33,6 +33,7 @@ Step = tuple[str, Any]
 
 _LIBRARIES = frozenset({"builtins", "numpy", "jax", "jaxlib", "jaxcheck"})
 _CODE = (type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial)
+_MISSING = object()
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), np.generic, range, slice)
 
 
@@ -132,7 +133,7 @@ def _step(node: Any, part: str, steps: list[Step], obj: Any) -> Step:
         keys = sorted(map(repr, node.keys()))
         raise InputError(f"{here} has no key {part!r}; its keys are [{', '.join(keys)}].")
     if isinstance(node, (list, tuple)):
-        index = _as_int(part)
+        index = tuple_index(node, part)
         if index is None or not -len(node) <= index < len(node):
             raise InputError(
                 f"{here} is a {type(node).__name__} of length {len(node)}; {part!r} is not an "
@@ -143,19 +144,28 @@ def _step(node: Any, part: str, steps: list[Step], obj: Any) -> Step:
         raise InputError(
             f"{here} is {_kind(node)}, which holds no {part!r}; the path ends at {here}."
         )
+    if _has_attribute(node, part):
+        return ("attr", part)
+    state = attributes_of(node)
+    if not steps:
+        holding = sorted(n for n, v in state if _holds_arrays(v))
+        raise InputError(
+            f"{type(obj).__name__} object has no attribute {part!r}; its attributes holding "
+            f"float arrays are {holding}."
+        )
+    names = sorted(n for n, _ in state if not n.startswith("__"))
+    raise InputError(f"{here} has no attribute {part!r}; its attributes are {names}.")
+
+
+def _has_attribute(node: Any, name: str) -> bool:
+    """Stored or computed (a property, ``__getattr__``), without raising on a broken getter."""
+    if inspect.getattr_static(node, name, _MISSING) is not _MISSING:
+        return True
     try:
-        inspect.getattr_static(node, part)
-    except AttributeError:
-        state = attributes_of(node)
-        if not steps:
-            holding = sorted(n for n, v in state if _holds_arrays(v))
-            raise InputError(
-                f"{type(obj).__name__} object has no attribute {part!r}; its attributes holding "
-                f"float arrays are {holding}."
-            ) from None
-        names = sorted(n for n, _ in state if not n.startswith("__"))
-        raise InputError(f"{here} has no attribute {part!r}; its attributes are {names}.") from None
-    return ("attr", part)
+        getattr(node, name)
+    except Exception:  # noqa: BLE001 - a __getattr__ raising KeyError means "no such attribute"
+        return False
+    return True
 
 
 def _holds_arrays(value: Any) -> bool:
@@ -163,6 +173,14 @@ def _holds_arrays(value: Any) -> bool:
     return bool(leaves) and all(
         isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) for v in leaves
     )
+
+
+def tuple_index(node: Sequence[Any], key: Any) -> int | None:
+    """The index that ``key`` names in a list or tuple: a number, or a namedtuple's field."""
+    fields = getattr(node, "_fields", None)
+    if isinstance(fields, tuple) and key in fields:
+        return fields.index(key)
+    return key if isinstance(key, int) else _as_int(key)
 
 
 def _as_int(part: str) -> int | None:
@@ -203,14 +221,20 @@ class Place:
             k -= 1
         return chain[k], self.steps[k], chain[k + 1 :], list(self.steps[k + 1 :])
 
-    def settable(self, obj: Any) -> str | None:
-        """Why the value here cannot be set (a property without a setter), or None."""
+    def computed(self, obj: Any) -> tuple[str, bool] | None:
+        """Why the value here is computed, not stored, and whether assigning it still works.
+
+        A property without a setter cannot be assigned; an attribute that only ``__getattr__``
+        provides can (the assignment shadows it). None for a stored value.
+        """
         container, (kind, key), _, _ = self.anchor(obj)
         if kind != "attr":
             return None
-        static = inspect.getattr_static(type(container), key, None)
+        static = inspect.getattr_static(container, key, _MISSING)
+        if static is _MISSING:
+            return f"obj.{self.path} is provided by __getattr__", True
         if isinstance(static, property) and static.fset is None:
-            return f"obj.{self.path} is a property without a setter"
+            return f"obj.{self.path} is a property without a setter", False
         return None
 
 

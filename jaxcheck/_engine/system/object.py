@@ -66,7 +66,7 @@ class ObjectParameters:
             if isinstance(node, Mapping):
                 step: Step = ("key", key)
             elif isinstance(node, (list, tuple)):
-                step = ("index", key)
+                step = ("index", graph.tuple_index(node, key))
             else:
                 step = ("attr", key)
             steps.append(step)
@@ -80,16 +80,18 @@ class ObjectParameters:
         others = [t for t in tied if t.place.steps not in own]
         bindings = []
         for k, place in enumerate(places):
-            reason = place.settable(self.obj)
-            if reason is None:
+            computed = place.computed(self.obj)
+            fed = any(_feeds(t, k) for t in others)
+            if computed is None or (computed[1] and not fed):
                 bindings.append(Tie(place, k, np.shape(arrays[k])))
-            elif not any(_feeds(t, k) for t in others):
+            elif not fed:
                 raise InputError(
-                    f"{reason}, and nothing else in the object holds its memory, so jaxcheck "
-                    f"cannot put the perturbed parameter where the loss reads it. Name the "
-                    f"attribute the property reads (e.g. attributes='_{place.steps[-1][1]}') "
+                    f"{computed[0]}, and nothing else in the object holds its memory, so "
+                    f"jaxcheck cannot put the perturbed parameter where the loss reads it. Name "
+                    f"the attribute the property reads (e.g. attributes='_{place.steps[-1][1]}') "
                     f"or add a setter."
                 )
+            # Otherwise the getter reads the tied places, which are set.
         return bindings + others
 
     # ---- calls into the user's code ------------------------------------------------------------
@@ -130,7 +132,8 @@ class ObjectParameters:
         if self.whole:
             return g
         if isinstance(g, Mapping):
-            return {n: self._pick(g, n, what) for n in self._unambiguous(g, what)}
+            self._unambiguous(g, what)
+            return {n: self._pick(g, n, what) for n in self.names}
         if len(self.names) == 1:
             return {self.names[0]: g}
         if isinstance(g, (tuple, list)) and len(g) == len(self.names):
@@ -150,7 +153,7 @@ class ObjectParameters:
             f"keyed by attribute."
         )
 
-    def _unambiguous(self, g: Mapping, what: str) -> list[str]:
+    def _unambiguous(self, g: Mapping, what: str) -> None:
         found: dict[tuple[Any, ...], str] = {}
         for n in self.names:
             where = _find(g, n)
@@ -163,7 +166,6 @@ class ObjectParameters:
                     f"paths given in attributes=."
                 )
             found[where] = n
-        return self.names
 
     def _pick(self, g: Mapping, name: str, what: str) -> Any:
         where = _find(g, name)
