@@ -540,6 +540,39 @@ def test_index_errors_name_the_length():
         jc.check_object(LayeredNet(), lambda m: m.loss(XL, YL), attributes="layers/7/W")
 
 
+class ReadOnlyParams(BatchNormNet):
+    """params is a read-only property over self._p; its items can still be set."""
+
+    def __init__(self):
+        self._p = BatchNormNet().params
+
+    @property
+    def params(self):
+        return self._p
+
+
+def test_paths_through_a_read_only_property():
+    net = ReadOnlyParams()
+    report = jc.check_object(
+        net, lambda m: m.loss(XN, TN), attributes=("params/gamma", "params/beta")
+    )
+    assert report.ok, str(report)
+
+
+def test_jax_cost_takes_the_paths_as_keys():
+    import jax.numpy as jnp
+
+    def jax_cost(p):
+        xhat = (XN - XN.mean(axis=0)) / jnp.sqrt(XN.var(axis=0) + 1e-5)
+        return 0.5 * jnp.sum((p["params/gamma"] * xhat + p["params/beta"] - TN) ** 2)
+
+    paths = ("params/gamma", "params/beta")
+    report = jc.check_object(
+        BatchNormNet(), lambda m: m.loss(XN, TN), attributes=paths, jax_cost=jax_cost
+    )
+    assert report.ok and report.twin == "given", str(report)
+
+
 # --------------------------------------------------------------------------------------------
 # Layers that accumulate gradients, and a layer that feeds an optimizer
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,22 @@ import numpy as np
 
 from jaxcheck.errors import InputError
 
-__all__ = ["Place", "Tie", "get", "resolve", "set_at", "text", "ties", "walk"]
+__all__ = [
+    "ATOMS",
+    "Place",
+    "Tie",
+    "attributes_of",
+    "get",
+    "get_at",
+    "is_user_object",
+    "resolve",
+    "set_at",
+    "slot_names",
+    "text",
+    "ties",
+    "tuple_index",
+    "walk",
+]
 
 # How deep below the object the walk looks, and how many containers and objects it visits.
 MAX_DEPTH = 64
@@ -34,7 +49,7 @@ Step = tuple[str, Any]
 _LIBRARIES = frozenset({"builtins", "numpy", "jax", "jaxlib", "jaxcheck"})
 _CODE = (type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial)
 _MISSING = object()
-_ATOMS = (int, float, complex, str, bytes, bool, type(None), np.generic, range, slice)
+ATOMS = (int, float, complex, str, bytes, bool, type(None), np.generic, range, slice)
 
 
 def text(steps: Sequence[Step]) -> str:
@@ -140,7 +155,7 @@ def _step(node: Any, part: str, steps: list[Step], obj: Any) -> Step:
                 f"index into it (expected 0 to {len(node) - 1})."
             )
         return ("index", index % len(node))
-    if isinstance(node, np.ndarray) or isinstance(node, _ATOMS):
+    if isinstance(node, np.ndarray) or isinstance(node, ATOMS):
         raise InputError(
             f"{here} is {_kind(node)}, which holds no {part!r}; the path ends at {here}."
         )
@@ -291,7 +306,7 @@ def walk(obj: Any) -> list[tuple[Place, np.ndarray]]:
                     if not child.dtype.hasobject:
                         found.append((Place(here), child))
                     continue
-                if isinstance(child, _ATOMS) or len(here) > MAX_DEPTH:
+                if isinstance(child, ATOMS) or len(here) > MAX_DEPTH:
                     continue
                 if not isinstance(child, tuple):
                     if id(child) in seen:
@@ -303,10 +318,12 @@ def walk(obj: Any) -> list[tuple[Place, np.ndarray]]:
 
 
 def _children(node: Any) -> list[tuple[Step, Any]]:
+    """The items of a container that can hold arrays (numbers and strings are skipped early:
+    a list of a million floats costs one pass, not a million entries)."""
     if isinstance(node, dict):
-        return [(("key", k), v) for k, v in list(node.items())]
+        return [(("key", k), v) for k, v in list(node.items()) if not isinstance(v, ATOMS)]
     if isinstance(node, (list, tuple)):
-        return [(("index", i), v) for i, v in enumerate(list(node))]
+        return [(("index", i), v) for i, v in enumerate(list(node)) if not isinstance(v, ATOMS)]
     if is_user_object(node):
         return [(("attr", n), v) for n, v in attributes_of(node)]
     return []

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxcheck._engine.system.graph import is_user_object, slot_names
+from jaxcheck._engine.system.graph import ATOMS, is_user_object, slot_names
 
 __all__ = ["LARGE", "left_as_found"]
 
@@ -67,12 +67,12 @@ class _Snapshot:
                 self._array(node, path)
             elif isinstance(node, dict):
                 self.dicts.append((node, dict(node)))
-                stack.extend((v, f"{path}/{k}") for k, v in node.items())
+                stack.extend((v, f"{path}/{k}") for k, v in node.items() if not _atom(v))
             elif isinstance(node, list):
                 self.lists.append((node, list(node)))
-                stack.extend((v, f"{path}/{i}") for i, v in enumerate(node))
+                stack.extend((v, f"{path}/{i}") for i, v in enumerate(node) if not _atom(v))
             elif isinstance(node, tuple):
-                stack.extend((v, f"{path}/{i}") for i, v in enumerate(node))
+                stack.extend((v, f"{path}/{i}") for i, v in enumerate(node) if not _atom(v))
             elif isinstance(node, types.MethodType):
                 stack.append((node.__self__, path))
             elif is_user_object(node):
@@ -129,6 +129,10 @@ class _Snapshot:
                     UserWarning,
                     stacklevel=4,
                 )
+
+
+def _atom(value: Any) -> bool:
+    return isinstance(value, ATOMS)
 
 
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
