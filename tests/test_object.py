@@ -93,6 +93,24 @@ def test_tied_weight_checked_through_its_view():
     assert report.failing == ["W_dec"], str(report)
 
 
+def test_tied_view_stays_a_view_of_the_perturbed_weight():
+    # In NumPy calls the tie is the user's: a write through W_enc is seen through W_dec.
+    ae, seen = TiedAutoencoder(), []
+    W_enc = ae.W_enc
+
+    def loss(m):
+        if type(m.W_enc) is np.ndarray:  # the NumPy calls, not the traced twin
+            m.W_enc[0, 1] += 1.0
+            seen.append((m.W_dec[1, 0] == m.W_enc[0, 1], m.W_enc is not W_enc))
+            m.W_enc[0, 1] -= 1.0
+        return m.loss(XA)
+
+    report = jc.check_object(ae, loss, lambda m: m.backward(XA), attributes=TIED)
+    assert report.ok, str(report)
+    assert seen and all(view and fresh for view, fresh in seen), seen
+    assert ae.W_enc is W_enc and ae.W_dec.base is W_enc
+
+
 @pytest.mark.parametrize("fail", [False, True], ids=["passing", "raising"])
 def test_tied_object_left_exactly_as_found(fail):
     ae = TiedAutoencoder()

@@ -47,7 +47,7 @@ def check_object(
 
     The object is left exactly as found, even on error: its attributes and slots (and those of
     the user objects, dicts and lists it holds) are put back, and arrays written in place are
-    restored (arrays over 8 MiB are not copied: a change to one is warned about).
+    restored (arrays over 16 MiB are not copied: a change to one is warned about).
 
     Gradients that only reach an optimizer (``self.optimizer.update(self.W, dW)``): in ``grad``,
     give the object an optimizer stand-in whose ``update(w, g)`` keeps ``g`` by ``id(w)``, run

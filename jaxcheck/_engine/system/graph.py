@@ -351,6 +351,9 @@ class Tie:
 
     Its value is rebuilt from the checked values on every call: element ``i`` of the array is
     element ``positions[i]`` of checked leaf ``sources[i]`` (-1: not checked, kept as it was).
+    Where the array is a strided view of one whole parameter (a transpose, slice or reshape),
+    ``strides`` (in elements, with ``offset``) rebuild it in NumPy as a view of the perturbed
+    value, so writes through either name are seen by both, as in the user's object.
     """
 
     place: Place
@@ -359,19 +362,59 @@ class Tie:
     sources: np.ndarray | None = None
     positions: np.ndarray | None = None
     constant: np.ndarray | None = None
+    strides: tuple[int, ...] | None = None
+    offset: int = 0
+    writeable: bool = True
 
     def value(self, values: Sequence[Any]) -> Any:
         """The array to put at this place, given the checked leaves (NumPy or JAX)."""
         if self.leaf is not None:
             return values[self.leaf]
         assert self.sources is not None and self.positions is not None
-        xp = jnp if any(isinstance(v, jax.Array) for v in values) else np
+        traced = any(isinstance(v, jax.Array) for v in values)
+        if not traced and self.strides is not None:
+            view = self._view(values[int(self.sources[0])])
+            if view is not None:
+                return view
+        xp = jnp if traced else np
         out = None if self.constant is None else xp.asarray(self.constant)
         for k in np.unique(self.sources[self.sources >= 0]):
             mine = self.sources == k
             taken = xp.take(xp.reshape(values[int(k)], (-1,)), np.where(mine, self.positions, 0))
             out = taken if out is None else xp.where(mine, taken, out)
         return xp.reshape(out, self.shape)
+
+    def _view(self, base: Any) -> np.ndarray | None:
+        if not isinstance(base, np.ndarray) or not base.flags.c_contiguous:
+            return None
+        assert self.strides is not None
+        flat = base.reshape(-1)[self.offset :]
+        strides = tuple(s * base.itemsize for s in self.strides)
+        return np.lib.stride_tricks.as_strided(
+            flat, self.shape, strides, writeable=self.writeable and base.flags.writeable
+        )
+
+
+def _affine(positions: np.ndarray, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int] | None:
+    """(strides, offset) in elements when ``positions`` (C order over ``shape``) is affine."""
+    if positions.size == 0:
+        return None
+    grid = positions.reshape(shape)
+    offset = int(grid.flat[0])
+    strides = []
+    for axis, n in enumerate(shape):
+        step = [0] * len(shape)
+        if n > 1:
+            step[axis] = 1
+        strides.append(int(grid[tuple(step)]) - offset if n > 1 else 0)
+    predicted = np.full(shape, offset, dtype=np.int64)
+    for axis, (n, stride) in enumerate(zip(shape, strides)):
+        along = [1] * len(shape)
+        along[axis] = n
+        predicted = predicted + (np.arange(n, dtype=np.int64) * stride).reshape(along)
+    if not np.array_equal(predicted, grid):
+        return None
+    return tuple(strides), offset
 
 
 def ties(
@@ -462,5 +505,20 @@ def _view_tie(
         positions[exact] = position[exact]
     if not (sources >= 0).any():
         return None
-    constant = None if (sources >= 0).all() else np.array(arr, copy=True).reshape(-1)
-    return Tie(place, None, arr.shape, sources, positions, constant)
+    if not (sources >= 0).all():
+        constant = np.array(arr, copy=True).reshape(-1)
+        return Tie(place, None, arr.shape, sources, positions, constant)
+    affine = _affine(positions, arr.shape) if np.unique(sources).size == 1 else None
+    if affine is None:
+        return Tie(place, None, arr.shape, sources, positions)
+    repeats = np.unique(positions).size != positions.size
+    return Tie(
+        place,
+        None,
+        arr.shape,
+        sources,
+        positions,
+        strides=affine[0],
+        offset=affine[1],
+        writeable=bool(arr.flags.writeable) and not repeats,
+    )

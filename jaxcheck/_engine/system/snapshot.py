@@ -21,7 +21,7 @@ __all__ = ["LARGE", "left_as_found"]
 
 # Arrays larger than this are not copied: a change to them is detected (and warned about),
 # not undone. Parameters are copied by the check itself, whatever their size.
-LARGE = 8 * 2**20
+LARGE = 16 * 2**20
 
 _EMPTY = object()
 
