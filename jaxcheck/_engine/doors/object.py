@@ -15,7 +15,13 @@ from jaxcheck._engine.doors.gradient import check
 from jaxcheck._engine.system.object import ObjectParameters
 from jaxcheck._engine.system.params import scalar_cost
 from jaxcheck._engine.system.snapshot import left_as_found
-from jaxcheck.errors import GradientError, InputError, JaxcheckError, user_code_error
+from jaxcheck.errors import (
+    GradientError,
+    InputError,
+    JaxcheckError,
+    NondeterminismError,
+    user_code_error,
+)
 from jaxcheck.report import Report
 
 __all__ = ["assert_object", "check_object", "left_as_found"]
@@ -138,7 +144,18 @@ def check_object(
     cost.__qualname__ = f"check_object.<loss({type(obj).__name__} object)>"
     with left_as_found(obj, loss, grad, before):
         _reads_attributes(cost, system)
-        return check(cost, None if grad is None else gradient, system.params, **options)
+        try:
+            return check(cost, None if grad is None else gradient, system.params, **options)
+        except NondeterminismError as err:
+            if before is not None or not str(err).startswith("grad("):
+                raise
+            raise NondeterminismError(f"{err}\n{_ACCUMULATES}", hint=_ACCUMULATES) from err
+
+
+_ACCUMULATES = (
+    "For an object, the usual cause is layers that accumulate gradients (self.dW += ...): "
+    "reset them before every call with before=, e.g. before=lambda m: m.zero_grad()."
+)
 
 
 def assert_object(
