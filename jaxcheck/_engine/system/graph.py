@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcheck.errors import InputError
+from jaxcheck.port._user import is_user_class
 
 __all__ = [
     "ATOMS",
@@ -47,6 +48,7 @@ MAX_NODES = 200_000
 Step = tuple[str, Any]
 
 _LIBRARIES = frozenset({"builtins", "numpy", "jax", "jaxlib", "jaxcheck"})
+_USER_PARTS = ("jaxcheck.lesson", "jaxcheck.models", "jaxcheck.demo")  # systems under test
 _CODE = (type, types.ModuleType, types.FunctionType, types.MethodType, functools.partial)
 _MISSING = object()
 ATOMS = (int, float, complex, str, bytes, bool, type(None), np.generic, range, slice)
@@ -58,13 +60,21 @@ def text(steps: Sequence[Step]) -> str:
 
 
 def is_user_object(node: Any) -> bool:
-    """Whether ``node`` is an instance of the user's class (its attributes are walked)."""
+    """Whether ``node`` is an instance of the user's class (its attributes are walked).
+
+    Libraries' objects (NumPy, JAX, pandas, torch, jaxcheck's own) are not: their insides are
+    theirs. ``types.SimpleNamespace`` is, as a plain container people keep arrays in.
+    """
     if isinstance(node, _CODE):
         return False
     if not isinstance(getattr(node, "__dict__", None), dict) and not slot_names(type(node)):
         return False
+    if isinstance(node, types.SimpleNamespace):
+        return True
     module = getattr(type(node), "__module__", "") or ""
-    return module.partition(".")[0] not in _LIBRARIES
+    if module.partition(".")[0] in _LIBRARIES and not module.startswith(_USER_PARTS):
+        return False
+    return is_user_class(type(node))
 
 
 def slot_names(cls: type) -> tuple[str, ...]:
