@@ -811,3 +811,60 @@ def test_a_deep_chain_of_objects_is_walked_without_recursion():
     report = jc.check_object(net, lambda n: np.sum(n._w**3), lambda n: 3 * n._w**2, attributes="_w")
     assert report.ok, str(report)
     assert node.w is net._w
+
+
+# --------------------------------------------------------------------------------------------
+# The mapping of views onto a parameter, property by property
+# --------------------------------------------------------------------------------------------
+
+VIEWS = {
+    "transpose": lambda a: a.T,
+    "slice": lambda a: a[1:, ::2],
+    "reversed": lambda a: a[::-1, ::-3],
+    "reshape": lambda a: a.reshape(-1)[2:14].reshape(3, 4),
+    "swap-of-slice": lambda a: a[:, 1:4].swapaxes(0, 1)[::-1],
+    "broadcast": lambda a: np.broadcast_to(a[0], (3, a.shape[1])),
+    "diagonal": lambda a: np.diagonal(a),
+}
+
+
+# Read-only views (a broadcast, np.diagonal) are checked only from their base here: writing the
+# expected base through them is not possible.
+CASES = [(name, False) for name in VIEWS] + [
+    (name, True) for name in VIEWS if name not in ("broadcast", "diagonal")
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "checked_is_view"),
+    CASES,
+    ids=[f"{n}-{'view' if v else 'base'}-checked" for n, v in CASES],
+)
+def test_every_view_is_rebuilt_from_the_perturbed_parameter(name, checked_is_view):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcheck._engine.system import graph
+
+    make = VIEWS[name]
+    base = RNG.normal(size=(5, 6))
+    view = make(base)
+    holder = type("Holder", (), {})()
+    holder.base, holder.view = base, view
+    checked, other = ("view", "base") if checked_is_view else ("base", "view")
+    ties = graph.ties([(checked, getattr(holder, checked))], graph.walk(holder))
+    tie = next(t for t in ties if t.place.path == other)
+    delta = RNG.normal(size=getattr(holder, checked).shape)
+    moved_base, moved_view = base.copy(), None
+    if checked_is_view:
+        make(moved_base)[...] = view + delta  # what writing through the view would do
+        moved_view = view + delta
+        expected, value = moved_base, moved_view
+    else:
+        moved_base += delta
+        expected, value = make(moved_base), moved_base
+    got = tie.value([value])
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    with jax.enable_x64(True):
+        traced = jax.jit(lambda v: tie.value([v]))(jnp.asarray(value))
+        assert traced.shape == expected.shape and np.array_equal(np.asarray(traced), expected)
