@@ -96,19 +96,19 @@ def test_tied_weight_checked_through_its_view():
 def test_tied_view_stays_a_view_of_the_perturbed_weight():
     # In NumPy calls the tie is the user's: a write through W_enc is seen through W_dec.
     ae, seen = TiedAutoencoder(), []
-    W_enc = ae.W_enc
+    original = id(ae.W_enc)  # not the array itself: a loss holding it would read stale values
 
     def loss(m):
         if type(m.W_enc) is np.ndarray:  # the NumPy calls, not the traced twin
             m.W_enc[0, 1] += 1.0
-            seen.append((m.W_dec[1, 0] == m.W_enc[0, 1], m.W_enc is not W_enc))
+            seen.append((m.W_dec[1, 0] == m.W_enc[0, 1], id(m.W_enc) != original))
             m.W_enc[0, 1] -= 1.0
         return m.loss(XA)
 
     report = jc.check_object(ae, loss, lambda m: m.backward(XA), attributes=TIED)
     assert report.ok, str(report)
     assert seen and all(view and fresh for view, fresh in seen), seen
-    assert ae.W_enc is W_enc and ae.W_dec.base is W_enc
+    assert id(ae.W_enc) == original and ae.W_dec.base is ae.W_enc
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["passing", "raising"])
@@ -868,3 +868,43 @@ def test_every_view_is_rebuilt_from_the_perturbed_parameter(name, checked_is_vie
     with jax.enable_x64(True):
         traced = jax.jit(lambda v: tie.value([v]))(jnp.asarray(value))
         assert traced.shape == expected.shape and np.array_equal(np.asarray(traced), expected)
+
+
+# --------------------------------------------------------------------------------------------
+# A parameter held outside the object, by the functions given
+# --------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, model):
+        self.model = model
+        self.params = model.params  # the same dict: updated in place, so read correctly
+
+
+def test_a_parameter_held_by_the_loss_outside_the_object_is_refused():
+    ae = TiedAutoencoder()
+    W_dec = ae.W_enc.T.copy()
+    stale = ae.W_enc.T  # made before the check, kept in the closure
+
+    def loss(m):
+        return 0.5 * np.sum((np.tanh(XA @ m.W_enc + m.b_enc) @ stale + m.b_dec - XA) ** 2) / 5
+
+    with pytest.raises(
+        jc.InputError, match=r"loss holds 'stale', which shares memory with .*'W_enc'"
+    ):
+        jc.check_object(ae, loss, lambda m: m.backward(XA), attributes=TIED)
+
+    def fine(m):  # a copy is data, not the parameter
+        return 0.5 * np.sum((np.tanh(XA @ m.W_enc + m.b_enc) @ W_dec + m.b_dec - XA) ** 2) / 5
+
+    report = jc.check_object(
+        ae, fine, lambda m: {"W_enc": m.backward(XA)["W_enc"]}, attributes="W_enc"
+    )
+    assert report.failing == ["W_enc"], str(report)  # backward counts a decoder share fine lacks
+
+
+def test_a_trainer_holding_the_object_reads_the_perturbed_parameters():
+    net = LayeredNet()
+    trainer = Trainer(net)
+    report = jc.check_object(net, lambda m: trainer.model.loss(XL, YL), attributes="params")
+    assert report.ok, str(report)

@@ -114,7 +114,8 @@ def check_object(
         raise InputError(f"grad must be callable obj -> gradients or None, got {grad!r}.")
     if before is not None and not callable(before):
         raise InputError(f"before must be callable obj -> None, got {before!r}.")
-    system = ObjectParameters(obj, attributes, before)
+    functions = [("loss", loss), ("grad", grad), ("before", before)]
+    system = ObjectParameters(obj, attributes, before, [(n, f) for n, f in functions if f])
 
     def cost(p: Any) -> Any:
         saved = system.put(p)

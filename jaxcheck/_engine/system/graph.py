@@ -29,6 +29,7 @@ __all__ = [
     "attributes_of",
     "get",
     "get_at",
+    "held_outside",
     "is_user_object",
     "resolve",
     "set_at",
@@ -296,14 +297,16 @@ def put(container: Any, step: Step, value: Any, path: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def walk(obj: Any) -> list[tuple[Place, np.ndarray]]:
+def walk(obj: Any, seen: set[int] | None = None) -> list[tuple[Place, np.ndarray]]:
     """Every NumPy array reachable from ``obj``, once per place, nearest first.
 
     Follows attributes and ``__slots__`` of the user's objects, dict items, list and tuple items;
     each container and object is entered once (cycles), at most ``MAX_DEPTH`` steps deep.
+    ``seen`` (ids of containers not to enter) collects the containers entered.
     """
     found: list[tuple[Place, np.ndarray]] = []
-    seen: set[int] = {id(obj)}
+    seen = set() if seen is None else seen
+    seen.add(id(obj))
     frontier: list[tuple[Any, tuple[Step, ...]]] = [(obj, ())]
     visited = 0
     while frontier and visited < MAX_NODES:
@@ -532,3 +535,62 @@ def _view_tie(
         offset=affine[1],
         writeable=bool(arr.flags.writeable) and not repeats,
     )
+
+
+def held_outside(
+    functions: Sequence[tuple[str, Any]],
+    checked: Sequence[tuple[str, Any]],
+    inside: set[int],
+) -> None:
+    """Refuses a parameter that the user's functions also hold outside the object.
+
+    ``loss = lambda m: f(m, W_dec)`` with ``W_dec = m.W_enc.T`` made beforehand: jaxcheck
+    perturbs the parameter where the object holds it, so that closure would read the old value.
+    Containers of the object itself (``inside``) are updated in place and are not counted.
+
+    Raises:
+        InputError: naming the function, the variable and the parameter.
+    """
+    arrays = [(path, a) for path, a in checked if isinstance(a, np.ndarray)]
+    for function, fn in functions:
+        for label, value in _captured(fn):
+            if id(value) in inside or isinstance(value, ATOMS):
+                continue
+            if isinstance(value, np.ndarray):
+                found = [(Place(()), value)]
+            else:
+                found = walk(value, set(inside))
+            for place, arr in found:
+                for path, c in arrays:
+                    if arr is c or (np.may_share_memory(arr, c) and _overlap(arr, c)[0].any()):
+                        where = label + (f"/{place.path}" if place.steps else "")
+                        raise InputError(
+                            f"{function} holds {where!r}, which shares memory with the checked "
+                            f"parameter {path!r}, outside the object: jaxcheck perturbs the "
+                            f"parameter where the object keeps it, so {function} would read the "
+                            f"old values there. Read it through the object instead (e.g. "
+                            f"lambda m: ... m.{path.replace('/', '.')} ...)."
+                        )
+
+
+def _captured(fn: Any) -> list[tuple[str, Any]]:
+    """What a function carries with it: closure variables, defaults, a bound ``self``."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(fn, functools.partial):
+        out += [(f"argument {i}", a) for i, a in enumerate(fn.args)]
+        out += [(f"argument {k}", v) for k, v in fn.keywords.items()]
+        fn = fn.func
+    if isinstance(fn, types.MethodType):
+        out.append(("self", fn.__self__))
+        fn = fn.__func__
+    if isinstance(fn, types.FunctionType):
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            try:
+                out.append((name, cell.cell_contents))
+            except ValueError:  # an empty cell
+                pass
+        names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+        defaults = fn.__defaults__ or ()
+        out += list(zip(names[len(names) - len(defaults) :], defaults))
+        out += list((fn.__kwdefaults__ or {}).items())
+    return out

@@ -42,8 +42,14 @@ class ObjectParameters:
         bindings: what is set on every call: each checked place, then each place tied to one.
     """
 
-    def __init__(self, obj: Any, attributes: Any, before: Callable[[Any], Any] | None) -> None:
-        self.obj, self.before = obj, before
+    def __init__(
+        self,
+        obj: Any,
+        attributes: Any,
+        before: Callable[[Any], Any] | None,
+        functions: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.obj, self.before, self.functions = obj, before, functions
         self.names = _paths(attributes)
         resolved = [graph.resolve(obj, name) for name in self.names]
         self.whole = len(self.names) == 1 and isinstance(resolved[0][1], Mapping)
@@ -75,7 +81,10 @@ class ObjectParameters:
 
     def _bind(self, places: list[Place]) -> list[Tie]:
         arrays = [graph.get_at(self.obj, p) for p in places]
-        tied = graph.ties(list(zip(self.leaves.paths, arrays)), graph.walk(self.obj))
+        checked = list(zip(self.leaves.paths, arrays))
+        inside: set[int] = set()
+        tied = graph.ties(checked, graph.walk(self.obj, inside))
+        graph.held_outside(self.functions, checked, inside)
         own = {p.steps for p in places}
         others = [t for t in tied if t.place.steps not in own]
         bindings = []
