@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from jaxcheck._engine.doors.gradient import check
-from jaxcheck._engine.system.object import ObjectParameters
+from jaxcheck._engine.system.object import ObjectParameters, describe, is_float_array
 from jaxcheck._engine.system.params import scalar_cost
 from jaxcheck._engine.system.snapshot import left_as_found
 from jaxcheck.errors import (
@@ -24,7 +24,13 @@ from jaxcheck.errors import (
 )
 from jaxcheck.report import Report
 
-__all__ = ["assert_object", "check_object", "left_as_found"]
+__all__ = [
+    "assert_object",
+    "check_object",
+    "describe",
+    "is_float_array",
+    "left_as_found",
+]
 
 
 def check_object(
@@ -215,17 +221,3 @@ def _reads_attributes(cost: Callable[[Any], Any], system: ObjectParameters) -> N
             f"of the arrays elsewhere (layer objects holding W.copy()), write cost(params) and "
             f"grad(params) that put params where the object reads them, and use jc.check."
         )
-
-
-def is_float_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
-
-
-def describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"a {value.dtype} array of shape {value.shape}"
-    if value is None:
-        return "None"
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)} item(s)"
-    return f"a {type(value).__name__}"

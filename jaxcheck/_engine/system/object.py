@@ -17,7 +17,7 @@ from jaxcheck._engine.system.graph import Place, Step, Tie
 from jaxcheck._engine.system.params import flatten_params
 from jaxcheck.errors import InputError, JaxcheckError, user_code_error
 
-__all__ = ["ObjectParameters", "Ordered"]
+__all__ = ["ObjectParameters", "Ordered", "describe", "is_float_array"]
 
 
 class Ordered(dict):
@@ -157,7 +157,7 @@ class ObjectParameters:
                     )
             return dict(zip(self.names, g))
         raise InputError(
-            f"{what} returned {_describe(g)}; expected the gradients of the attributes "
+            f"{what} returned {describe(g)}; expected the gradients of the attributes "
             f"({', '.join(repr(n) for n in self.names)}) as a tuple in that order, or a dict "
             f"keyed by attribute."
         )
@@ -265,7 +265,12 @@ def _shapes(tree: Any) -> list[tuple[int, ...]]:
     return [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]
 
 
-def _describe(value: Any) -> str:
+def is_float_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
+
+
+def describe(value: Any) -> str:
+    """A value as error messages name it: ``a float64 array of shape (3, 2)``."""
     if isinstance(value, np.ndarray):
         return f"a {value.dtype} array of shape {value.shape}"
     if value is None:
