@@ -3,7 +3,9 @@
 ``check_object`` perturbs a parameter everywhere the object graph holds its memory: the same
 array under two names, a layer object holding a reference into ``params``, ``W_dec = W_enc.T``.
 :func:`resolve` turns ``"params/W1"`` into steps; :func:`walk` lists every array reachable from
-the object; :func:`ties` says how each array sharing memory with a checked one is derived from it.
+the object; :func:`ties` says how each array sharing memory with a checked one is derived from it
+(a view of the perturbed value in NumPy, a gather under JAX); :func:`held_outside` refuses a
+parameter that the user's functions also hold outside the object.
 """
 
 from __future__ import annotations
