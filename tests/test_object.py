@@ -468,12 +468,24 @@ class SlottedLayer:
         return {"W": x.T @ dz, "b": dz.sum(0)}
 
 
-def test_slots_are_perturbed_and_restored():
+@pytest.mark.parametrize("fail", [False, True], ids=["passing", "raising"])
+def test_slots_are_perturbed_and_restored(fail):
     layer = SlottedLayer()
     W, b = layer.W, layer.b
     x = RNG.normal(size=(4, 3))
-    report = jc.check_object(layer, lambda m: m.loss(x), lambda m: m.grad(x), attributes=("W", "b"))
-    assert report.ok, str(report)
+
+    def grad(m):
+        m.loss(x)  # fills the empty slot `cache` and counts
+        if fail:
+            raise ValueError("shapes")
+        return m.grad(x)
+
+    if fail:
+        with pytest.raises(jc.UserCodeError, match="shapes"):
+            jc.check_object(layer, lambda m: m.loss(x), grad, attributes=("W", "b"))
+    else:
+        report = jc.check_object(layer, lambda m: m.loss(x), grad, attributes=("W", "b"))
+        assert report.ok, str(report)
     assert layer.W is W and layer.b is b and layer._SlottedLayer__calls == 0
     assert not hasattr(layer, "cache")
 
