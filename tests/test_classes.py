@@ -358,11 +358,14 @@ def test_objects_and_containers_held_by_the_object_are_restored_too():
 
 
 class AliasedNet:
-    """Keeps references to its arrays in layer objects: replacing self.params changes nothing."""
+    """Keeps copies of its arrays in layer objects: replacing self.params changes nothing.
+
+    (References to the same arrays are perturbed with them: see tests/test_object.py.)
+    """
 
     def __init__(self):
         self.params = {"W": RNG.normal(size=(5, 3))}
-        self.layer = {"W": self.params["W"]}
+        self.layer = {"W": self.params["W"].copy()}
 
     def loss(self, X, y):
         loss, dscores = softmax_loss(X @ self.layer["W"], y)
