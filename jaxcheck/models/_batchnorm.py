@@ -101,20 +101,7 @@ def batchnorm(
         z2 = p["W2"] @ a1 + p["b2"]
         return jnp.sum((z2 - jnp.asarray(y)) ** 2) / (2 * m)
 
-    bugs = bug_table(
-        backprop,
-        (
-            "frozen_batch_statistics",
-            "backprop treats the batch mean and variance as constants: dZ1 = dZnorm / std",
-            {"W1", "b1"},
-        ),
-        (
-            "missing_variance_path",
-            "backprop keeps the batch mean's dependence on Z1 but not the variance's",
-            {"W1"},
-        ),
-        ("gamma_grad_sign", "dgamma has the wrong sign", {"gamma"}),
-    )
+    bugs = bug_table(backprop, *_BATCHNORM_BUGS)
     return Model(
         name="batchnorm",
         description=(
@@ -127,3 +114,19 @@ def batchnorm(
         jax_cost=jax_cost,
         bugs=bugs,
     )
+
+
+#: The planted bugs of :func:`batchnorm`: name, what is wrong, the leaves it makes wrong.
+_BATCHNORM_BUGS = (
+    (
+        "frozen_batch_statistics",
+        "backprop treats the batch mean and variance as constants: dZ1 = dZnorm / std",
+        {"W1", "b1"},
+    ),
+    (
+        "missing_variance_path",
+        "backprop keeps the batch mean's dependence on Z1 but not the variance's",
+        {"W1"},
+    ),
+    ("gamma_grad_sign", "dgamma has the wrong sign", {"gamma"}),
+)

@@ -7,6 +7,7 @@ stride 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -14,6 +15,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcheck.models._base import Model, bug_table, normal, require, to_jax, with_bug
+
+
+def _conv1d_twin(x: np.ndarray, y: np.ndarray, m: int) -> Callable[[dict[str, Any]], jax.Array]:
+    """The JAX twin of :func:`conv1d`'s cost, for its data."""
+
+    def jax_cost(params: dict[str, Any]) -> jax.Array:
+        # An independent forward: XLA's convolution instead of the stacked windows.
+        p = to_jax(params)
+        kernel = p["conv"]["w"]
+        dtype = jnp.result_type(kernel, x)  # lax does not promote mixed float32/float64
+        pre = jax.lax.conv_general_dilated(
+            jnp.asarray(x, dtype),
+            kernel.astype(dtype),
+            window_strides=(1,),
+            padding="VALID",
+            dimension_numbers=("NCH", "OIH", "NCH"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        h = jnp.tanh(pre + p["conv"]["b"][:, None])
+        y_hat = h.reshape(m, -1) @ p["readout"]["w"].T + p["readout"]["b"]
+        return jnp.sum((y_hat - jnp.asarray(y)) ** 2) / (2 * m)
+
+    return jax_cost
 
 
 def conv1d(
@@ -97,41 +121,9 @@ def conv1d(
             "readout": {"w": dy.T @ h.reshape(m, -1), "b": np.sum(dy, axis=0)},
         }
 
-    def jax_cost(params: dict[str, Any]) -> jax.Array:
-        # An independent forward: XLA's convolution instead of the stacked windows.
-        p = to_jax(params)
-        kernel = p["conv"]["w"]
-        dtype = jnp.result_type(kernel, x)  # lax does not promote mixed float32/float64
-        pre = jax.lax.conv_general_dilated(
-            jnp.asarray(x, dtype),
-            kernel.astype(dtype),
-            window_strides=(1,),
-            padding="VALID",
-            dimension_numbers=("NCH", "OIH", "NCH"),
-            precision=jax.lax.Precision.HIGHEST,
-        )
-        h = jnp.tanh(pre + p["conv"]["b"][:, None])
-        y_hat = h.reshape(m, -1) @ p["readout"]["w"].T + p["readout"]["b"]
-        return jnp.sum((y_hat - jnp.asarray(y)) ** 2) / (2 * m)
+    jax_cost = _conv1d_twin(x, y, m)
 
-    bugs = bug_table(
-        backprop,
-        (
-            "flipped_kernel_grad",
-            "the kernel gradient is flipped along its width (convolution instead of correlation)",
-            {"conv/w"},
-        ),
-        (
-            "bias_mean_over_positions",
-            "the conv bias gradient averages over output positions instead of summing them",
-            {"conv/b"},
-        ),
-        (
-            "wrong_unflatten_order",
-            "the readout gradient is unflattened position-major instead of channel-major",
-            {"conv/w", "conv/b"},
-        ),
-    )
+    bugs = bug_table(backprop, *_CONV1D_BUGS)
     return Model(
         name="conv1d",
         description=(
@@ -144,3 +136,23 @@ def conv1d(
         jax_cost=jax_cost,
         bugs=bugs,
     )
+
+
+#: The planted bugs of :func:`conv1d`: name, what is wrong, the leaves it makes wrong.
+_CONV1D_BUGS = (
+    (
+        "flipped_kernel_grad",
+        "the kernel gradient is flipped along its width (convolution instead of correlation)",
+        {"conv/w"},
+    ),
+    (
+        "bias_mean_over_positions",
+        "the conv bias gradient averages over output positions instead of summing them",
+        {"conv/b"},
+    ),
+    (
+        "wrong_unflatten_order",
+        "the readout gradient is unflattened position-major instead of channel-major",
+        {"conv/w", "conv/b"},
+    ),
+)

@@ -25,6 +25,17 @@ from jaxcheck.models._base import (
     with_bug,
 )
 
+#: The planted bugs of :func:`l2_mlp`: name, what is wrong, the leaves it makes wrong.
+_L2_MLP_BUGS = (
+    ("forgotten_regularisation", "dW2 leaves out the regularisation term lambd/m * W2", {"W2"}),
+    ("regularisation_on_bias", "db1 adds a regularisation term lambd/m * b1", {"b1"}),
+    (
+        "wrong_scale",
+        "every dW adds lambd/(2m) * W instead of lambd/m * W (the 2 from W**2 is lost)",
+        {"W1", "W2", "W3"},
+    ),
+)
+
 
 def tanh_mlp(
     rng: np.random.Generator,
@@ -206,16 +217,7 @@ def l2_mlp(
         squares = sum(jnp.sum(p[f"W{i}"] ** 2) for i in range(1, 4))
         return bce_with_logits_jax(z3, jnp.asarray(y)) + lambd / (2 * m) * squares
 
-    bugs = bug_table(
-        backprop,
-        ("forgotten_regularisation", "dW2 leaves out the regularisation term lambd/m * W2", {"W2"}),
-        ("regularisation_on_bias", "db1 adds a regularisation term lambd/m * b1", {"b1"}),
-        (
-            "wrong_scale",
-            "every dW adds lambd/(2m) * W instead of lambd/m * W (the 2 from W**2 is lost)",
-            {"W1", "W2", "W3"},
-        ),
-    )
+    bugs = bug_table(backprop, *_L2_MLP_BUGS)
     return Model(
         name="l2_mlp",
         description=(
