@@ -471,7 +471,7 @@ def _run(
 
     def read(v: Any) -> tuple[np.ndarray, bool]:
         if isinstance(v, Literal):
-            return np.asarray(v.val, dtype=v.aval.dtype), False
+            return np.asarray(v.val, dtype=getattr(v.aval, "dtype", None)), False
         return env[v]
 
     for var, value, flag in zip([*jaxpr.constvars, *jaxpr.invars], values, flags):
