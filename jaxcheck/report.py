@@ -45,7 +45,7 @@ def _two_way_note(error: str | None) -> str:
     if error:
         first = error.strip().splitlines()
         note += ". The port failed with:\n  " + "\n  ".join(first[:6])
-    return note + "."
+    return note if note.endswith(".") else note + "."
 
 
 def _fmt(x: float | None, spec: str = ".2e") -> str:

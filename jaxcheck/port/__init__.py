@@ -17,6 +17,7 @@ import jax
 
 from jaxcheck.errors import PortError
 from jaxcheck.port import _isolate as isolate
+from jaxcheck.port._errors import advising as advising
 from jaxcheck.port._errors import describe, innermost_ported_frame, not_python_message, port_error
 from jaxcheck.port._errors import runtime_message as _runtime_message
 from jaxcheck.port._runtime import call as _call
@@ -106,6 +107,16 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _entry(fn)
 
 
+def view_writes(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The lines where the last traced run of a ported ``fn`` wrote into a view.
+
+    In NumPy, ``top = h[0]; top *= 2`` changes ``h`` as well; on JAX values the port changes
+    ``top`` only. Each entry is ``'file, line N: `source`'``; empty when there were none (or
+    ``fn`` is not a port).
+    """
+    return tuple(getattr(fn, "view_writes", ())) if _is_entry(fn) else ()
+
+
 def _is_entry(obj: Any) -> bool:
     try:
         return obj in _ENTRIES
@@ -139,7 +150,10 @@ def _entry(target: Any) -> Callable[..., Any]:
         with isolate.Session(traced) as session:
             _add_roots(session, target)
             try:
-                return _run(target, root, args, kwargs)
+                result = _run(target, root, args, kwargs)
+                if traced:
+                    ported.view_writes = tuple(session.view_writes)  # type: ignore[attr-defined]
+                return result
             except Exception as err:
                 if isinstance(err, (Warning, PortError)):  # warnings turned into errors stay so
                     raise
@@ -153,6 +167,7 @@ def _entry(target: Any) -> Callable[..., Any]:
         if isinstance(value, str):
             setattr(ported, attr, value)
     ported.__wrapped__ = target  # type: ignore[attr-defined] # JAX names the user's function
+    ported.view_writes = ()  # type: ignore[attr-defined] # see view_writes()
     try:
         ported.__signature__ = inspect.signature(target)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
