@@ -17,7 +17,12 @@ import numpy as np
 
 
 class BranchMergeError(TypeError):
-    """The two branches of an if-converted ``if`` give values that ``where`` cannot merge."""
+    """The two branches of an if-converted ``if`` give values that ``where`` cannot merge.
+
+    ``line`` is the line of the ``if`` (the message names it).
+    """
+
+    line: int | None = None
 
 
 class _Unbound:
@@ -74,15 +79,21 @@ class Branches:
         self.names = assigned + read
         self.start = [scope.get(name, UNBOUND) for name in self.names]
         self.line = line
+        self.containers = frozenset(containers)
         self.entered: dict[bool, list[Any]] = {}
         self.results: dict[bool, tuple[Any, ...]] = {}
         for name in containers:
             value = scope.get(name, UNBOUND)
-            if value is not UNBOUND and not isinstance(value, (np.ndarray, jax.Array)):
-                raise BranchMergeError(
+            if value is UNBOUND or isinstance(value, (np.ndarray, jax.Array)):
+                continue
+            if type(value) not in (dict, list) or not all(
+                isinstance(v, _ARRAYS) for v in _items(value)
+            ):
+                raise (
                     self._cannot(
                         f"assign into `{name}`, a {type(value).__name__}, which both "
-                        f"branches would change"
+                        f"branches would change (only arrays, and dicts and lists of arrays, "
+                        f"are followed)"
                     )
                 )
 
@@ -90,8 +101,8 @@ class Branches:
         """The values the branch ``side`` starts from: the inputs, guarded for the gradient."""
         count = len(self.assigned)
         values = [
-            _guarded(self.test, value, side, assigned=i < count)
-            for i, value in enumerate(self.start)
+            _guarded(self.test, value, side, assigned=i < count, copy=name in self.containers)
+            for i, (name, value) in enumerate(zip(self.names, self.start))
         ]
         self.entered[side] = values
         return tuple(values)
@@ -114,7 +125,30 @@ class Branches:
         value = self.results[side][i]
         return self.start[i] if value is self.entered[side][i] else value  # left as it was
 
+    def _merge_container(self, name: str, then: Any, otherwise: Any) -> Any:
+        """Two branch copies of a dict or list of arrays, merged item by item into the
+        original object (other references to it see the change, as in NumPy)."""
+        original = self.start[self.names.index(name)]
+        if type(otherwise) is not type(then) or original is UNBOUND or len(then) != len(otherwise):
+            raise self._cannot(f"merge `{name}`: the branches change its size")
+        keys = list(then) if isinstance(then, dict) else range(len(then))
+        merged = [
+            self._merge(
+                f"{name}[{k!r}]",
+                then[k],
+                otherwise.get(k, UNBOUND) if isinstance(otherwise, dict) else otherwise[k],
+            )
+            for k in keys
+        ]
+        if isinstance(original, dict):
+            original.update(zip(keys, merged))
+        else:
+            original[:] = merged
+        return original
+
     def _merge(self, name: str, then: Any, otherwise: Any) -> Any:
+        if name in self.containers and type(then) in (dict, list):
+            return self._merge_container(name, then, otherwise)
         if then is otherwise or otherwise is UNBOUND:
             return then
         if then is UNBOUND:
@@ -123,7 +157,7 @@ class Branches:
             try:
                 return jnp.where(self.test, then, otherwise)  # type: ignore[arg-type]
             except (TypeError, ValueError) as err:
-                raise BranchMergeError(
+                raise (
                     self._cannot(
                         f"merge `{name}`: shapes {np.shape(then)} and {np.shape(otherwise)} ({err})"
                     )
@@ -133,14 +167,22 @@ class Branches:
                 return then
         except Exception:  # noqa: BLE001, S110 - values that do not compare: not the same
             pass
-        raise BranchMergeError(
-            self._cannot(
-                f"merge `{name}`: the branches give a {type(then).__name__} and a "
-                f"{type(otherwise).__name__}, and only numbers and arrays merge"
-            )
+        kinds = (
+            f"two {type(then).__name__}s that differ"
+            if type(then) is type(otherwise)
+            else f"a {type(then).__name__} and a {type(otherwise).__name__}"
+        )
+        raise self._cannot(
+            f"merge `{name}`: the branches give {kinds}, and only numbers and "
+            f"arrays (and dicts and lists of arrays assigned into) merge"
         )
 
-    def _cannot(self, what: str) -> str:
+    def _cannot(self, what: str) -> BranchMergeError:
+        error = BranchMergeError(self._why(what))
+        error.line = self.line
+        return error
+
+    def _why(self, what: str) -> str:
         return (
             f"The `if` on line {self.line} depends on a value computed from the parameters. "
             f"jaxcheck computes both branches of such an `if` and merges the variables they "
@@ -149,7 +191,11 @@ class Branches:
         )
 
 
-def _guarded(test: Any, value: Any, side: bool, *, assigned: bool) -> Any:
+def _items(container: dict[Any, Any] | list[Any]) -> list[Any]:
+    return list(container.values()) if isinstance(container, dict) else container
+
+
+def _guarded(test: Any, value: Any, side: bool, *, assigned: bool, copy: bool = False) -> Any:
     """``value`` as branch ``side`` reads it: its gradient kept only where that branch is taken.
 
     A NumPy array a branch assigns to becomes a JAX array, so that it changes by rebinding,
@@ -157,6 +203,10 @@ def _guarded(test: Any, value: Any, side: bool, *, assigned: bool) -> Any:
     """
     if isinstance(value, np.ndarray):
         return jnp.asarray(value) if assigned else value
+    if copy and type(value) is dict:  # a copy per branch, merged back into the original
+        return {k: _guarded(test, v, side, assigned=True) for k, v in value.items()}
+    if copy and type(value) is list:
+        return [_guarded(test, v, side, assigned=True) for v in value]
     if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.inexact):
         frozen = jax.lax.stop_gradient(value)
         return jnp.where(test, value, frozen) if side else jnp.where(test, frozen, value)

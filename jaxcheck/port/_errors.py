@@ -75,6 +75,8 @@ def runtime_message(err: Exception, frame: types.FrameType, lineno: int, target:
         qualname = known[1] if known is not None and known[0] is code else code.co_name
     module = overlay.user.get("__name__")
     where = f"{module}.{qualname}" if isinstance(module, str) else qualname
+    if isinstance(err, BranchMergeError) and err.line is not None:
+        lineno = err.line  # the `if`, not the branch's last line
     source = linecache.getline(code.co_filename, lineno, overlay.user).strip()
     header = f"jaxcheck could not run `{where}` on jax.numpy"
     if target != where:
@@ -83,8 +85,10 @@ def runtime_message(err: Exception, frame: types.FrameType, lineno: int, target:
     if source:
         lines.append(f"    {source}")
     lines.append(_explain(err, frame, lineno, source, overlay.translate))
-    origin = "JAX raised" if type(err).__module__.startswith("jax") else "It raised"
-    lines.append(f"{origin} {type(err).__name__}: {_first_line(err)}")
+    if not isinstance(err, (BranchMergeError, MaskedSelectionError)):  # said in full above
+        module = type(err).__module__
+        origin = "JAX raised" if module.split(".")[0] in ("jax", "jaxlib") else "It raised"
+        lines.append(f"{origin} {type(err).__name__}: {_first_line(err)}")
     lines.append(advice())
     return "\n".join(lines)
 

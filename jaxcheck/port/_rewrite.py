@@ -9,7 +9,6 @@ through ``ufunc_at``, and each loop body ticks a counter. Module and class bodie
 from __future__ import annotations
 
 import ast
-import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -340,17 +339,26 @@ class Rewriter(ast.NodeTransformer):
 
     def visit_If(self, node: ast.If) -> Any:
         """An ``if`` whose branches only assign variables runs as written on a condition Python
-        knows, and is if-converted (both branches, merged by ``where``) on one JAX traces."""
+        knows, and is if-converted (both branches, merged by ``where``) on one JAX traces.
+
+        Each branch is written once (nested ``elif`` chains do not multiply the code)::
+
+            c = <test>                      # True, False, or a traced condition
+            traced = c is not True and c is not False
+            if traced: s = Branches(...); names = s.enter(True)
+            if c is True or traced: <then>
+            if traced: s.leave(True, names); names = s.enter(False)
+            if c is False or traced: <else>
+            if traced: s.leave(False, names); names = s.merged()
+        """
         if not self.in_function or not convertible(node, self.scopes):
             return self.generic_visit(node)
         assigned, containers, read = assigned_names(node, self.scopes)
-        twin = copy.deepcopy(node)
         out: list[ast.stmt] = []
         test = self._truth(node.test, out, CONDITION)
-        plain_then, plain_else = self._block(node.body), self._block(node.orelse)
-        then, otherwise = self._block(twin.body), self._block(twin.orelse)
+        then, otherwise = self._block(node.body), self._block(node.orelse)
         names = [*assigned, *read]
-        state = self._temp()
+        state, traced = self._temp(), self._temp()
 
         def strings(items: list[str]) -> ast.Tuple:
             return ast.Tuple([ast.Constant(n) for n in items], ast.Load())
@@ -361,32 +369,40 @@ class Rewriter(ast.NodeTransformer):
         def method(name: str, *args: ast.expr) -> ast.Call:
             return ast.Call(ast.Attribute(_name(state), name, ast.Load()), list(args), [])
 
-        converted: list[ast.stmt] = [
-            _assign(
-                state,
-                _helper(
-                    BRANCHES,
-                    _name(test),
-                    ast.Call(_name("locals"), [], []),
-                    strings(assigned),
-                    strings(containers),
-                    strings(read),
-                    ast.Constant(node.lineno),
-                ),
+        def enter(side: bool) -> ast.stmt:
+            return ast.Assign([pack(names, ast.Store())], method("enter", ast.Constant(side)))
+
+        def leave(side: bool) -> ast.stmt:
+            return ast.Expr(method("leave", ast.Constant(side), pack(assigned, ast.Load())))
+
+        def taken(side: bool) -> ast.expr:
+            return ast.BoolOp(
+                ast.Or(),
+                [ast.Compare(_name(test), [ast.Is()], [ast.Constant(side)]), _name(traced)],
             )
+
+        start = _helper(
+            BRANCHES,
+            _name(test),
+            ast.Call(_name("locals"), [], []),
+            strings(assigned),
+            strings(containers),
+            strings(read),
+            ast.Constant(node.lineno),
+        )
+        known = [ast.Compare(_name(test), [ast.IsNot()], [ast.Constant(v)]) for v in (True, False)]
+        out += [
+            _assign(traced, ast.BoolOp(ast.And(), known)),
+            ast.If(_name(traced), [_assign(state, start), enter(True)], []),
+            ast.If(taken(True), then, []),
+            ast.If(_name(traced), [leave(True), enter(False)], []),
+            ast.If(taken(False), otherwise, []),
+            ast.If(
+                _name(traced),
+                [leave(False), ast.Assign([pack(names, ast.Store())], method("merged"))],
+                [],
+            ),
         ]
-        for side, body in ((True, then), (False, otherwise)):
-            converted.append(
-                ast.Assign([pack(names, ast.Store())], method("enter", ast.Constant(side)))
-            )
-            converted.extend(body)
-            leave = method("leave", ast.Constant(side), pack(assigned, ast.Load()))
-            converted.append(ast.Expr(leave))
-        converted.append(ast.Assign([pack(names, ast.Store())], method("merged")))
-        is_false = ast.Compare(_name(test), [ast.Is()], [ast.Constant(False)])
-        is_true = ast.Compare(_name(test), [ast.Is()], [ast.Constant(True)])
-        choose = ast.If(is_true, plain_then, [ast.If(is_false, plain_else, converted)])
-        out.append(choose)
         return self._located(out, node)
 
     def _loop(self, node: ast.For | ast.AsyncFor | ast.While) -> ast.AST:
