@@ -1264,3 +1264,38 @@ def test_branches_that_cannot_be_merged_name_the_line():
     with pytest.raises(PortError, match=r"if v > 0:") as info:
         jax.jit(port(cost))(np.ones(3))
     assert "cannot merge `picked`" in str(info.value) and "np.where" in str(info.value)
+
+
+MASK_DATA = np.array([1.0, 2.0, 3.0, 4.0])
+
+
+def _masked_reductions(w):
+    m = w > 0
+    a = MASK_DATA[m] * w[m]  # data selected by a traced mask, times the parameters
+    b = np.float64(2.0) * w[m] + 1
+    rows = np.tile(w[:, None], (1, 3)) * np.arange(1.0, 4.0)
+    r = rows[m]  # whole rows selected
+    return (
+        np.sum(a)
+        + b.sum()
+        + np.sum(r.sum(axis=0) ** 2)
+        + r.mean(axis=1).sum()
+        + np.max(w[m] ** 2)
+        + np.min(w[~m])
+        + np.mean(w[m] ** 2) * w[m].size
+    )
+
+
+def test_reductions_of_masked_selections_port():
+    w = np.array([0.5, -1.0, 2.0, -0.1])
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(
+            jax.jit(port(_masked_reductions))(w), _masked_reductions(w), rtol=1e-12
+        )
+        grad = jax.jit(jax.grad(port(_masked_reductions)))(w)
+    np.testing.assert_allclose(
+        grad,
+        _numerical_gradient(lambda p: _masked_reductions(p["w"]), {"w": w})["w"],
+        rtol=1e-6,
+        atol=1e-8,
+    )

@@ -37,7 +37,7 @@ class Masked:
     ``(count, *array.shape[mask.ndim:])``.
     """
 
-    __array_priority__ = 1000  # NumPy arrays defer their operators to ours
+    __array_ufunc__ = None  # NumPy arrays and scalars defer their operators to ours
 
     def __init__(self, full: Any, mask: Any) -> None:
         self.full = full

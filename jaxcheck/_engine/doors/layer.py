@@ -17,7 +17,6 @@ from jaxcheck.errors import (
     GradientError,
     InputError,
 )
-from jaxcheck.port._errors import advising
 from jaxcheck.report import Report
 
 __all__ = ["assert_layer", "check_layer"]
@@ -116,6 +115,8 @@ def check_layer(
     with left_as_found(forward, backward, jax_forward):
         layer.probe(dout, seed)
         jax_cost = None if jax_forward is None else layer.jax_cost(jax_forward)
+        from jaxcheck.port._errors import advising  # the port loads when first needed
+
         with advising(_LAYER_ADVICE):
             return check(layer.cost(), layer.grad, layer.params, jax_cost=jax_cost, **options)
 
