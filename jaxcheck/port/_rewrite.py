@@ -390,7 +390,9 @@ class Rewriter(ast.NodeTransformer):
             strings(read),
             ast.Constant(node.lineno),
         )
-        known = [ast.Compare(_name(test), [ast.IsNot()], [ast.Constant(v)]) for v in (True, False)]
+        known: list[ast.expr] = [
+            ast.Compare(_name(test), [ast.IsNot()], [ast.Constant(v)]) for v in (True, False)
+        ]
         out += [
             _assign(traced, ast.BoolOp(ast.And(), known)),
             ast.If(_name(traced), [_assign(state, start), enter(True)], []),
