@@ -1299,3 +1299,37 @@ def test_reductions_of_masked_selections_port():
         rtol=1e-6,
         atol=1e-8,
     )
+
+
+def _returning_forward(x, w):
+    out = x @ w
+    if np.sum(out) > 0:
+        return 2 * out, (x, w, 2.0)
+    return out, (x, w, 1.0)
+
+
+def _returning_backward(dout, cache):
+    x, w, k = cache
+    return k * dout @ w.T, k * x.T @ dout
+
+
+def test_check_layer_advice_names_jax_forward_not_jax_cost():
+    x, w = RNG.randn(3, 4), RNG.randn(4, 2)
+    report = jaxcheck.check_layer(_returning_forward, _returning_backward, x, w)
+    assert report.ok and report.twin == "none"
+    text = str(report)
+    assert "jax_forward=" in text and "jax_cost=" not in text and "port.." not in text
+    with pytest.raises(PortError) as info:
+        jaxcheck.check_layer(_returning_forward, _returning_backward, x, w, twin="required")
+    assert "jax_forward=" in info.value.hint and "jax_cost=" not in str(info.value)
+
+
+def test_the_two_way_note_of_check_has_no_doubled_period():
+    x, w = RNG.randn(3, 4), RNG.randn(4, 2)
+
+    def fn(p):
+        out, cache = _returning_forward(x, p["w"])
+        return np.sum(out), {"w": _returning_backward(np.ones_like(out), cache)[1]}
+
+    text = str(jaxcheck.check(fn, None, {"w": w}))
+    assert "two-way" in text and "jax_cost=" in text and "port.." not in text
