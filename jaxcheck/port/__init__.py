@@ -57,7 +57,14 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
       callable objects are ported as they are called; NumPy, JAX, the standard library and
       installed packages are left alone;
     - ``float(x)`` and ``x.item()`` of a JAX value give a 0-d JAX array, so a cost that ends in
-      ``float(np.squeeze(cost))`` stays differentiable.
+      ``float(np.squeeze(cost))`` stays differentiable;
+    - an ``if``/``elif``/``else`` on a value JAX traces whose branches only assign variables
+      (``if margin > 0: loss += margin``) runs both branches and merges them with ``where``,
+      each branch's inputs cut from the gradient where it is not taken (a ``log`` valid on one
+      side only cannot poison it); ``assert`` on such a value is left to your NumPy run;
+    - ``x[mask]`` with a traced mask stays in ``x``'s shape: elementwise functions of it, an
+      assignment with the same mask (``z[m] = np.exp(-x[m])``) and its sum, mean, max, min and
+      prod follow it.
 
     Globals and closures are read live, so changed data (``X += 1``, ``X = new``) is always
     seen, and each call of ``port`` gives a new function. Your world is left as found: slots of
@@ -77,10 +84,11 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
         PortError: ``fn`` is not a Python function (a builtin, a NumPy ufunc, a class). The
             returned function also raises it, with the file, line and source of the offending
             line and the value that caused it, when the code cannot run on traced values:
-            Python ``if`` on a value computed from the parameters (under ``jit``/``vmap``/
-            ``make_jaxpr``), such a value used as an integer or a boolean mask, or passed to a
-            library that needs real NumPy arrays (scipy, compiled code). The original error is
-            chained as ``__cause__``.
+            Python ``while``, or an ``if`` whose branches do more than assign, on a value
+            computed from the parameters (under ``jit``/``vmap``/``make_jaxpr``), such a value
+            used as an integer, a selection ``x[mask]`` used otherwise than above, or such a
+            value passed to a library that needs real NumPy arrays (scipy, compiled code). The
+            original error is chained as ``__cause__``.
 
     Warns:
         PortWarning: a loop body ran 10,000 times while JAX traced it (slow to trace).
