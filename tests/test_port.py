@@ -1228,6 +1228,19 @@ def test_conditions_with_and_or_not_are_if_converted():
 
     w = np.array([0.5, 0.5, -2.0, -0.5, -0.5, 1.5])
     y = np.array([1, 0, 0, 0, 2, 1])
+
+    def clipped(w):
+        total = 0.0
+        for v in w:
+            assert -10 < v < 10, "weights in range"
+            if -1 < v <= 1:
+                total += v**2
+            else:
+                total += 2 * abs(v) - 1
+        return total
+
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(jax.jit(port(clipped))(w), clipped(w), rtol=1e-12)
     with jax.enable_x64(True):
         np.testing.assert_allclose(jax.jit(port(cost))(w, y), cost(w, y), rtol=1e-12)
         grad = jax.jit(jax.grad(port(cost)))(w, y)

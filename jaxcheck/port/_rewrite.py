@@ -323,6 +323,15 @@ class Rewriter(ast.NodeTransformer):
             result = self._temp()
             out.append(_assign(result, _helper(helper, _name(inner), ast.Constant("not"))))
             return result
+        if isinstance(test, ast.Compare) and len(test.ops) > 1 and _is_pure(test):
+            # 0 < p < 1: Python's chain asks for the truth of `0 < p` itself; as `and` it
+            # goes through the helper (the middle operands have no calls: evaluated twice).
+            operands = [test.left, *test.comparators]
+            pairs: list[ast.expr] = [
+                ast.copy_location(ast.Compare(operands[i], [op], [operands[i + 1]]), test)
+                for i, op in enumerate(test.ops)
+            ]
+            test = ast.copy_location(ast.BoolOp(ast.And(), pairs), test)
         if isinstance(test, ast.BoolOp):
             stop, op = (False, "and") if isinstance(test.op, ast.And) else (True, "or")
             result = self._truth(test.values[0], out, helper)
