@@ -40,10 +40,13 @@ _QUIET_ROW = "background:rgba(127,127,127,0.10)"  # a pass with a note: rounding
 
 
 def _two_way_note(error: str | None) -> str:
+    # The port's error carries the advice of the door that asked for it (check_layer's).
+    layer = error is not None and "jax_forward=" in error
+    twin = "jax_forward= (a jax.numpy version of forward)" if layer else "jax_cost= (a jax.numpy"
     note = (
         "Two-way check: backprop was judged against finite differences of your NumPy cost alone "
-        "(no jax.grad opinion, no batching). For the third opinion pass jax_cost= (a jax.numpy "
-        "version of your cost)"
+        f"(no jax.grad opinion, no batching). For the third opinion pass {twin}"
+        + ("" if layer else " version of your cost)")
     )
     if error:
         first = error.strip().splitlines()

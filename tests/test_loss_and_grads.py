@@ -190,11 +190,10 @@ def test_naive_softmax_with_loops_ports():
     assert report.ok and report.twin == "ported", str(report)
 
 
-def test_naive_svm_with_if_on_margins_is_checked_two_way():
-    """``if margin > 0`` branches on a value computed from W: no twin, finite differences only."""
+def test_naive_svm_with_if_on_margins_is_checked_three_way():
+    """``if margin > 0`` branches on a value computed from W: the port if-converts it."""
     report = jc.check(lambda p: svm_loss_naive(p["W"], X, LABELS, 0.1), None, {"W": W_LINEAR})
-    assert report.ok and report.twin == "none", str(report)
-    assert "two-way" in str(report) and "margin > 0" in report.twin_error
+    assert report.ok and report.twin == "ported", str(report)
     wrong_reg = lambda p: svm_loss_naive(p["W"], X, LABELS, 0.1, reg_factor=1)  # noqa: E731
     report = jc.check(wrong_reg, None, {"W": W_LINEAR})
     assert report.failing == ["W"]

@@ -17,6 +17,7 @@ import jax
 
 from jaxcheck.errors import PortError
 from jaxcheck.port import _isolate as isolate
+from jaxcheck.port._errors import advising as advising
 from jaxcheck.port._errors import describe, innermost_ported_frame, not_python_message, port_error
 from jaxcheck.port._errors import runtime_message as _runtime_message
 from jaxcheck.port._runtime import call as _call
@@ -56,7 +57,14 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
       callable objects are ported as they are called; NumPy, JAX, the standard library and
       installed packages are left alone;
     - ``float(x)`` and ``x.item()`` of a JAX value give a 0-d JAX array, so a cost that ends in
-      ``float(np.squeeze(cost))`` stays differentiable.
+      ``float(np.squeeze(cost))`` stays differentiable;
+    - an ``if``/``elif``/``else`` on a value JAX traces whose branches only assign variables
+      (``if margin > 0: loss += margin``) runs both branches and merges them with ``where``,
+      each branch's inputs cut from the gradient where it is not taken (a ``log`` valid on one
+      side only cannot poison it); ``assert`` on such a value is left to your NumPy run;
+    - ``x[mask]`` with a traced mask stays in ``x``'s shape: elementwise functions of it, an
+      assignment with the same mask (``z[m] = np.exp(-x[m])``) and its sum, mean, max, min and
+      prod follow it.
 
     Globals and closures are read live, so changed data (``X += 1``, ``X = new``) is always
     seen, and each call of ``port`` gives a new function. Your world is left as found: slots of
@@ -76,10 +84,11 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
         PortError: ``fn`` is not a Python function (a builtin, a NumPy ufunc, a class). The
             returned function also raises it, with the file, line and source of the offending
             line and the value that caused it, when the code cannot run on traced values:
-            Python ``if`` on a value computed from the parameters (under ``jit``/``vmap``/
-            ``make_jaxpr``), such a value used as an integer or a boolean mask, or passed to a
-            library that needs real NumPy arrays (scipy, compiled code). The original error is
-            chained as ``__cause__``.
+            Python ``while``, or an ``if`` whose branches do more than assign, on a value
+            computed from the parameters (under ``jit``/``vmap``/``make_jaxpr``), such a value
+            used as an integer, a selection ``x[mask]`` used otherwise than above, or such a
+            value passed to a library that needs real NumPy arrays (scipy, compiled code). The
+            original error is chained as ``__cause__``.
 
     Warns:
         PortWarning: a loop body ran 10,000 times while JAX traced it (slow to trace).
@@ -104,6 +113,16 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
     if _root(fn) is None:
         raise port_error(not_python_message(fn))
     return _entry(fn)
+
+
+def view_writes(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The lines where the last traced run of a ported ``fn`` wrote into a view.
+
+    In NumPy, ``top = h[0]; top *= 2`` changes ``h`` as well; on JAX values the port changes
+    ``top`` only. Each entry is ``'file, line N: `source`'``; empty when there were none (or
+    ``fn`` is not a port).
+    """
+    return tuple(getattr(fn, "view_writes", ())) if _is_entry(fn) else ()
 
 
 def _is_entry(obj: Any) -> bool:
@@ -139,7 +158,10 @@ def _entry(target: Any) -> Callable[..., Any]:
         with isolate.Session(traced) as session:
             _add_roots(session, target)
             try:
-                return _run(target, root, args, kwargs)
+                result = _run(target, root, args, kwargs)
+                if traced:
+                    ported.view_writes = tuple(session.view_writes)  # type: ignore[attr-defined]
+                return result
             except Exception as err:
                 if isinstance(err, (Warning, PortError)):  # warnings turned into errors stay so
                     raise
@@ -153,6 +175,7 @@ def _entry(target: Any) -> Callable[..., Any]:
         if isinstance(value, str):
             setattr(ported, attr, value)
     ported.__wrapped__ = target  # type: ignore[attr-defined] # JAX names the user's function
+    ported.view_writes = ()  # type: ignore[attr-defined] # see view_writes()
     try:
         ported.__signature__ = inspect.signature(target)  # type: ignore[attr-defined]
     except (TypeError, ValueError):

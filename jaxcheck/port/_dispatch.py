@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcheck.port import _masked as masked
+
 # Types that never hold a JAX value: the common case, answered without isinstance(jax.Array).
 _PLAIN = frozenset(
     {int, float, bool, complex, str, bytes, type(None), slice, range, type(Ellipsis)}
@@ -126,7 +128,7 @@ def has_jax(value: Any, depth: int = 0) -> bool:
         return depth < 4 and any(has_jax(item, depth + 1) for item in value)
     if isinstance(value, dict):
         return depth < 4 and any(has_jax(item, depth + 1) for item in value.values())
-    return isinstance(value, jax.Array)
+    return isinstance(value, (jax.Array, masked.Masked))
 
 
 def any_jax(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -141,11 +143,17 @@ def counterparts() -> dict[int, tuple[Any, Any, str]]:
         warnings.simplefilter("ignore")  # deprecated names warn when touched
         for np_module, jnp_module in ((np, jnp), (np.linalg, jnp.linalg), (np.fft, jnp.fft)):
             # vars(), not dir(): looking names up could import numpy's lazy submodules.
-            for name, original in list(vars(np_module).items()):
+            names = vars(np_module)
+            for name, original in list(names.items()):
                 if name.startswith("_") or isinstance(original, types.ModuleType):
                     continue
                 if not callable(original):
                     continue
+                # An alias (np.concat for np.concatenate, np.pow) goes by its own name, which
+                # the tables here (sequences, keywords) and jax.numpy know it by.
+                own = getattr(original, "__name__", None)
+                if isinstance(own, str) and own != name and names.get(own) is original:
+                    name = own
                 try:
                     counterpart = getattr(jnp_module, _ALIASES.get(name, name))
                 except Exception:  # noqa: BLE001 - a name jax.numpy lacks, or a broken one
@@ -168,6 +176,8 @@ def call_numpy(entry: tuple[Any, Any, str], args: tuple[Any, ...], kwargs: dict[
     original, counterpart, name = entry
     if not any_jax(args, kwargs):
         return original(*args, **kwargs)
+    if masked.has_masked(args, kwargs):
+        return masked.call(entry, args, kwargs)
     if name not in _TAKES_SEQUENCES:
         # np.sum([a, b]) turns the list into one array; jax.numpy wants that done first.
         args = tuple(
@@ -182,7 +192,45 @@ def call_numpy(entry: tuple[Any, Any, str], args: tuple[Any, ...], kwargs: dict[
     renames = _KEYWORDS.get(name)
     if renames and kwargs:
         kwargs = {renames.get(k, k): v for k, v in kwargs.items()}
-    return counterpart(*args, **kwargs)
+    try:
+        return counterpart(*args, **kwargs)
+    except Exception as err:
+        _tag(err, (*entry, _numpy_accepts(original, args, kwargs)))
+        raise
+
+
+#: Set on an exception raised by the jax.numpy counterpart of a NumPy call: the entry, and
+#: whether NumPy's function accepts arguments of the same shapes and dtypes.
+NUMPY_CALL = "__jaxcheck_numpy_call__"
+
+
+def _numpy_accepts(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``original`` runs on NumPy arrays of ones shaped like the JAX values given."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, jax.Array):
+            return np.ones(value.shape, dtype=value.dtype)
+        if type(value) in (list, tuple):
+            return type(value)(plain(v) for v in value)
+        if type(value) is dict:
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            original(*plain(args), **plain(kwargs))
+    except Exception:  # noqa: BLE001 - any failure means NumPy rejects them too
+        return False
+    return True
+
+
+def _tag(err: Exception, entry: tuple[Any, ...]) -> None:
+    if not hasattr(err, NUMPY_CALL):
+        try:
+            setattr(err, NUMPY_CALL, entry)
+        except Exception:  # noqa: BLE001, S110 - an exception type without a __dict__
+            pass
 
 
 def call_array_method(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -7,11 +7,14 @@ it was computed, so the user knows which line to change, not just which line fai
 from __future__ import annotations
 
 import ast
+import contextlib
+import contextvars
 import functools
 import linecache
 import re
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -19,6 +22,8 @@ import jax
 from jaxcheck.errors import PortError
 from jaxcheck.port import _dispatch as dispatch
 from jaxcheck.port import _source as source
+from jaxcheck.port._branches import BranchMergeError
+from jaxcheck.port._masked import MaskedSelectionError
 from jaxcheck.port._runtime import CALLEE, QUALNAMES, Overlay
 
 ADVICE = (
@@ -26,11 +31,27 @@ ADVICE = (
     "instead of relying on the automatic port."
 )
 _BRANCH = (ast.If, ast.While, ast.Assert, ast.IfExp)
+# The advice of the door that asked for the port (check_layer asks for jax_forward=).
+_ADVICE: contextvars.ContextVar[str] = contextvars.ContextVar("jaxcheck_port_advice")
+
+
+@contextlib.contextmanager
+def advising(advice: str) -> Iterator[None]:
+    """Port errors raised inside say ``advice`` (what to pass instead) in place of ``jax_cost=``."""
+    token = _ADVICE.set(advice)
+    try:
+        yield
+    finally:
+        _ADVICE.reset(token)
+
+
+def advice() -> str:
+    return _ADVICE.get(ADVICE)
 
 
 def port_error(message: str) -> PortError:
     error = PortError(message)
-    error.hint = ADVICE  # the command line says it its own way
+    error.hint = advice()  # the command line says it its own way
     return error
 
 
@@ -54,6 +75,8 @@ def runtime_message(err: Exception, frame: types.FrameType, lineno: int, target:
         qualname = known[1] if known is not None and known[0] is code else code.co_name
     module = overlay.user.get("__name__")
     where = f"{module}.{qualname}" if isinstance(module, str) else qualname
+    if isinstance(err, BranchMergeError) and err.line is not None:
+        lineno = err.line  # the `if`, not the branch's last line
     source = linecache.getline(code.co_filename, lineno, overlay.user).strip()
     header = f"jaxcheck could not run `{where}` on jax.numpy"
     if target != where:
@@ -62,9 +85,11 @@ def runtime_message(err: Exception, frame: types.FrameType, lineno: int, target:
     if source:
         lines.append(f"    {source}")
     lines.append(_explain(err, frame, lineno, source, overlay.translate))
-    origin = "JAX raised" if type(err).__module__.startswith("jax") else "It raised"
-    lines.append(f"{origin} {type(err).__name__}: {_first_line(err)}")
-    lines.append(ADVICE)
+    if not isinstance(err, (BranchMergeError, MaskedSelectionError)):  # said in full above
+        module = type(err).__module__
+        origin = "JAX raised" if module.split(".")[0] in ("jax", "jaxlib") else "It raised"
+        lines.append(f"{origin} {type(err).__name__}: {_first_line(err)}")
+    lines.append(advice())
     return "\n".join(lines)
 
 
@@ -78,6 +103,10 @@ def _explain(err: Exception, frame: types.FrameType, lineno: int, source: str, r
             "by rewriting its source, but it could not read the source of this function (or "
             "the file changed since it was imported), and JAX arrays are immutable."
         )
+    if isinstance(err, MaskedSelectionError):
+        return str(err)
+    if isinstance(err, BranchMergeError):
+        return str(err)
     if isinstance(err, jax.errors.NonConcreteBooleanIndexError):
         return (
             f"It selects elements with a boolean mask{traced}, so the size of the result "
@@ -85,12 +114,19 @@ def _explain(err: Exception, frame: types.FrameType, lineno: int, source: str, r
             "instead: `np.where(mask, x, 0)` (and sum that) in place of `x[mask]`."
         )
     if isinstance(err, jax.errors.TracerBoolConversionError):
-        return (
-            f"Python control flow (`if`, `while`, `and`, `or`, `assert`) here depends on a "
+        text = (
+            f"Python control flow (`if`, `while`, `and`, `or`) here depends on a "
             f"value{traced}. Such values are not known while JAX traces the function, so Python "
             f"cannot choose a branch. Compute both branches and choose with "
             f"`np.where(condition, a, b)`, or make the condition depend on data and shapes only."
         )
+        if source.startswith(("if ", "elif ")):
+            text += (
+                " (jaxcheck computes both branches itself when they only assign variables; "
+                "this `if` also returns, breaks, raises, calls something for its effect, or "
+                "assigns to attributes or globals.)"
+            )
+        return text
     if isinstance(err, jax.errors.TracerIntegerConversionError):
         return (
             f"A value{traced} is used as a Python integer (an index, a `range`, a shape), "
@@ -121,9 +157,21 @@ def _explain(err: Exception, frame: types.FrameType, lineno: int, source: str, r
         )
     if isinstance(err, AttributeError):
         return _explain_attribute(err)
+    entry = getattr(err, dispatch.NUMPY_CALL, None)
+    if entry is not None:
+        text = (
+            f"`{describe(entry[0])}` is given a value{traced}, so jaxcheck runs its jax.numpy "
+            f"counterpart `{describe(entry[1])}`, which rejects these arguments"
+        )
+        if entry[3]:
+            return (
+                f"{text}, while NumPy accepts arguments of these shapes: jax.numpy lacks this use "
+                f"of it or treats it differently."
+            )
+        return f"{text}; NumPy rejects arguments of these shapes as well."
     return (
         "Running it on jax.numpy failed: it may use a NumPy feature that jax.numpy lacks or "
-        "treats differently, or your NumPy code would fail the same way on these inputs."
+        "treats differently."
     )
 
 
@@ -291,4 +339,4 @@ def not_python_message(obj: Any) -> str:
     entry = dispatch.numpy_entry(obj)
     if entry is not None:
         text += f" Its JAX counterpart is `{describe(entry[1])}`."
-    return f"{text} {ADVICE}"
+    return f"{text} {advice()}"

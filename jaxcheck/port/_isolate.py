@@ -47,6 +47,11 @@ class Session:
     def __init__(self, traced: bool) -> None:
         self.traced = traced
         self.ticks: dict[int, int] = {}
+        # Views NumPy would make (`top = h[0]`) of arrays JAX traces: id(view) -> (view, base),
+        # and the lines that write into one (in NumPy that changes the base too; here it does
+        # not), for the message when the port's cost differs from the NumPy cost.
+        self.views: dict[int, tuple[Any, Any]] = {}
+        self.view_writes: list[str] = []
         self._seen: set[int] = set()
         self._records: list[tuple[Any, int, Any]] = []
         self._overlays: dict[int, dict[str, Any]] = {}

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from jaxcheck.port._scopes import FunctionScope, resolve
+from jaxcheck.port._scopes import FunctionScope, assigned_names, convertible, resolve
 
 # The names the rewritten code uses; the ported functions' globals provide them.
 CALL = "__jaxcheck_call__"
@@ -25,6 +25,9 @@ UFUNC_AT = "__jaxcheck_ufunc_at__"
 TICK = "__jaxcheck_tick__"
 SLICE = "__jaxcheck_slice__"
 ITEM = "__jaxcheck_item__"
+HOLDS = "__jaxcheck_holds__"
+CONDITION = "__jaxcheck_condition__"
+BRANCHES = "__jaxcheck_branches__"
 
 # Calls that need their caller's own frame, and so are not routed through CALL.
 _FRAME_BOUND = frozenset({"super", "locals", "globals", "vars", "dir", "eval", "exec"})
@@ -201,6 +204,8 @@ class Rewriter(ast.NodeTransformer):
         if not self.in_function or not any(_has_subscript(t) for t in node.targets):
             return self.generic_visit(node)
         out: list[ast.stmt] = []
+        if len(node.targets) == 1:
+            self._hoist_index(node.targets[0], node.value, out)
         value = self.visit(node.value)
         if not _is_simple(value) or len(node.targets) > 1:
             temp = self._temp()
@@ -220,6 +225,8 @@ class Rewriter(ast.NodeTransformer):
         if not self.in_function:
             return self.generic_visit(node)
         op = ast.Constant(_OPS[type(node.op)])
+        hoisted: list[ast.stmt] = []
+        self._hoist_index(node.target, node.value, hoisted)
         value = self.visit(node.value)
         target = node.target
         out: list[ast.stmt]
@@ -236,6 +243,7 @@ class Rewriter(ast.NodeTransformer):
             ]
         elif isinstance(target, ast.Subscript):
             out, container, store = self._container(target.value)
+            out[:0] = hoisted
             index = self._evaluated(self._index(self.visit(target.slice)), out)
             new = self._temp()
             out.append(_assign(new, _helper(AUGITEM, container, index, op, value)))
@@ -287,6 +295,127 @@ class Rewriter(ast.NodeTransformer):
         out.append(ast.If(_changed(new, container), store(_name(new)) or [ast.Pass()], []))
         return out
 
+    def visit_Assert(self, node: ast.Assert) -> Any:
+        """``assert a and not b, msg``: each part is checked unless JAX is tracing its value.
+
+        A traced value is not known while JAX traces; the user's own NumPy run checks it at θ.
+        ``and``, ``or`` and ``not`` keep Python's short circuits, on three values: true, false
+        and unknown (traced).
+        """
+        if not self.in_function:
+            return self.generic_visit(node)
+        if node.msg is not None:
+            node.msg = self.visit(node.msg)
+        out: list[ast.stmt] = []
+        truth = self._truth(node.test, out, HOLDS)
+        failed = ast.Compare(_name(truth), [ast.IsNot()], [ast.Constant(False)])
+        out.append(ast.Assert(failed, node.msg))
+        return self._located(out, node)
+
+    def _truth(self, test: ast.expr, out: list[ast.stmt], helper: str) -> str:
+        """Statements setting a temporary to the truth of ``test``, as ``helper`` finds it.
+
+        ``and``, ``or`` and ``not`` are taken apart, short circuits kept, so that ``helper``
+        sees each part (a value JAX traces cannot go through Python's ``and``).
+        """
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            inner = self._truth(test.operand, out, helper)
+            result = self._temp()
+            out.append(_assign(result, _helper(helper, _name(inner), ast.Constant("not"))))
+            return result
+        if isinstance(test, ast.Compare) and len(test.ops) > 1 and _is_pure(test):
+            # 0 < p < 1: Python's chain asks for the truth of `0 < p` itself; as `and` it
+            # goes through the helper (the middle operands have no calls: evaluated twice).
+            operands = [test.left, *test.comparators]
+            pairs: list[ast.expr] = [
+                ast.copy_location(ast.Compare(operands[i], [op], [operands[i + 1]]), test)
+                for i, op in enumerate(test.ops)
+            ]
+            test = ast.copy_location(ast.BoolOp(ast.And(), pairs), test)
+        if isinstance(test, ast.BoolOp):
+            stop, op = (False, "and") if isinstance(test.op, ast.And) else (True, "or")
+            result = self._truth(test.values[0], out, helper)
+            for value in test.values[1:]:
+                then: list[ast.stmt] = []
+                part = self._truth(value, then, helper)
+                combined = _helper(helper, _name(result), ast.Constant(op), _name(part))
+                then.append(_assign(result, combined))
+                out.append(ast.If(_changed(result, ast.Constant(stop)), then, []))
+            return result
+        result = self._temp()
+        out.append(_assign(result, _helper(helper, self.visit(test), ast.Constant(None))))
+        return result
+
+    def visit_If(self, node: ast.If) -> Any:
+        """An ``if`` whose branches only assign variables runs as written on a condition Python
+        knows, and is if-converted (both branches, merged by ``where``) on one JAX traces.
+
+        Each branch is written once (nested ``elif`` chains do not multiply the code)::
+
+            c = <test>                      # True, False, or a traced condition
+            traced = c is not True and c is not False
+            if traced: s = Branches(...); names = s.enter(True)
+            if c is True or traced: <then>
+            if traced: s.leave(True, names); names = s.enter(False)
+            if c is False or traced: <else>
+            if traced: s.leave(False, names); names = s.merged()
+        """
+        if not self.in_function or not convertible(node, self.scopes):
+            return self.generic_visit(node)
+        assigned, containers, read = assigned_names(node, self.scopes)
+        out: list[ast.stmt] = []
+        test = self._truth(node.test, out, CONDITION)
+        then, otherwise = self._block(node.body), self._block(node.orelse)
+        names = [*assigned, *read]
+        state, traced = self._temp(), self._temp()
+
+        def strings(items: list[str]) -> ast.Tuple:
+            return ast.Tuple([ast.Constant(n) for n in items], ast.Load())
+
+        def pack(items: list[str], ctx: ast.expr_context) -> ast.Tuple:
+            return ast.Tuple([ast.Name(n, ctx) for n in items], ctx)
+
+        def method(name: str, *args: ast.expr) -> ast.Call:
+            return ast.Call(ast.Attribute(_name(state), name, ast.Load()), list(args), [])
+
+        def enter(side: bool) -> ast.stmt:
+            return ast.Assign([pack(names, ast.Store())], method("enter", ast.Constant(side)))
+
+        def leave(side: bool) -> ast.stmt:
+            return ast.Expr(method("leave", ast.Constant(side), pack(assigned, ast.Load())))
+
+        def taken(side: bool) -> ast.expr:
+            return ast.BoolOp(
+                ast.Or(),
+                [ast.Compare(_name(test), [ast.Is()], [ast.Constant(side)]), _name(traced)],
+            )
+
+        start = _helper(
+            BRANCHES,
+            _name(test),
+            ast.Call(_name("locals"), [], []),
+            strings(assigned),
+            strings(containers),
+            strings(read),
+            ast.Constant(node.lineno),
+        )
+        known: list[ast.expr] = [
+            ast.Compare(_name(test), [ast.IsNot()], [ast.Constant(v)]) for v in (True, False)
+        ]
+        out += [
+            _assign(traced, ast.BoolOp(ast.And(), known)),
+            ast.If(_name(traced), [_assign(state, start), enter(True)], []),
+            ast.If(taken(True), then, []),
+            ast.If(_name(traced), [leave(True), enter(False)], []),
+            ast.If(taken(False), otherwise, []),
+            ast.If(
+                _name(traced),
+                [leave(False), ast.Assign([pack(names, ast.Store())], method("merged"))],
+                [],
+            ),
+        ]
+        return self._located(out, node)
+
     def _loop(self, node: ast.For | ast.AsyncFor | ast.While) -> ast.AST:
         self.generic_visit(node)
         if self.in_function:
@@ -299,6 +428,24 @@ class Rewriter(ast.NodeTransformer):
     visit_For = _loop
     visit_AsyncFor = _loop
     visit_While = _loop
+
+    def _hoist_index(self, target: ast.expr, value: ast.expr, out: list[ast.stmt]) -> None:
+        """``z[x > 0] = f(x[x > 0])``: the index computed once, so both sides share one mask.
+
+        Only for an index without calls (their results could differ between two calls).
+        """
+        if not isinstance(target, ast.Subscript) or _is_simple(target.slice):
+            return
+        key = ast.dump(target.slice)
+        if not _is_pure(target.slice) or not any(
+            isinstance(n, ast.Subscript) and ast.dump(n.slice) == key for n in ast.walk(value)
+        ):
+            return
+        temp = self._temp()
+        out.append(_assign(temp, self.visit(target.slice)))
+        for node in (target, *ast.walk(value)):
+            if isinstance(node, ast.Subscript) and ast.dump(node.slice) == key:
+                node.slice = _name(temp)
 
     # ---- assignment targets ------------------------------------------------------------------
 
@@ -393,3 +540,25 @@ def _has_subscript(target: ast.expr) -> bool:
             _has_subscript(e.value if isinstance(e, ast.Starred) else e) for e in target.elts
         )
     return False
+
+
+_PURE = (
+    ast.Name,
+    ast.Constant,
+    ast.Attribute,
+    ast.Compare,
+    ast.UnaryOp,
+    ast.BinOp,
+    ast.BoolOp,
+    ast.Tuple,
+    ast.expr_context,
+    ast.operator,
+    ast.unaryop,
+    ast.cmpop,
+    ast.boolop,
+)
+
+
+def _is_pure(index: ast.expr) -> bool:
+    """Whether evaluating ``index`` twice gives the same value (no calls, no subscripts)."""
+    return all(isinstance(node, _PURE) for node in ast.walk(index))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import builtins
 import functools
 import inspect
+import linecache
+import sys
 import types
 import warnings
 from typing import Any
@@ -19,10 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcheck.errors import PortWarning
+from jaxcheck.port import _branches as branches
 from jaxcheck.port import _dispatch as dispatch
 from jaxcheck.port import _isolate as isolate
 from jaxcheck.port import _rewrite as rewrite
 from jaxcheck.port import _source as source
+from jaxcheck.port._masked import Masked, expand
 from jaxcheck.port._user import is_user_class, is_user_function, is_user_module
 
 CALLEE = "__jaxcheck_callee__"  # set on an exception raised by a library function given JAX values
@@ -253,11 +257,56 @@ def getitem(container: Any, index: Any) -> Any:
     """``container[index]``; NumPy-style list and range indices work on JAX arrays too."""
     if isinstance(container, np.ndarray):
         if dispatch.has_jax(index):
-            return jnp.asarray(container)[dispatch.jax_index(index)]
+            return _select(jnp.asarray(container), index)
         return container[index]
     if isinstance(container, jax.Array):
-        return container[dispatch.jax_index(index)]
+        return _select(container, index)
     return container[index]
+
+
+def _select(array: jax.Array, index: Any) -> Any:
+    index = dispatch.jax_index(index)
+    try:
+        selected = array[index]
+    except jax.errors.NonConcreteBooleanIndexError:
+        mask = _boolean_mask(array, index)
+        if mask is None:
+            raise
+        return Masked.select(array, mask)  # x[mask], the mask traced: kept in x's shape
+    if _is_basic(index):
+        _note_view(selected, array)
+    return selected
+
+
+def _is_basic(index: Any) -> bool:
+    """Whether NumPy's ``x[index]`` is a view of ``x`` (integers and slices only)."""
+    parts = index if type(index) is tuple else (index,)
+    return all(
+        p is None or p is Ellipsis or type(p) in (int, slice) or isinstance(p, np.integer)
+        for p in parts
+    )
+
+
+def _note_view(view: Any, base: Any) -> None:
+    session = isolate.current()
+    if session is not None and session.traced and isinstance(view, jax.Array):
+        session.views[id(view)] = (view, base)
+
+
+def _note_write(target: Any) -> None:
+    """Remembers the line of a write into what NumPy would hold as a view of another array."""
+    session = isolate.current()
+    if session is None or not session.views:
+        return
+    noted = session.views.get(id(target))
+    if noted is None or noted[0] is not target:
+        return
+    frame = sys._getframe(2)
+    filename, line = frame.f_code.co_filename, frame.f_lineno
+    text = linecache.getline(filename, line).strip()
+    where = f"{filename}, line {line}: `{text}`"
+    if where not in session.view_writes:
+        session.view_writes.append(where)
 
 
 def setitem(container: Any, index: Any, value: Any) -> Any:
@@ -272,6 +321,7 @@ def setitem(container: Any, index: Any, value: Any) -> Any:
             return container
         return _update(jnp.asarray(container), index, value, None)
     if isinstance(container, jax.Array):
+        _note_write(container)
         return _update(container, index, value, None)
     container[index] = value
     return container
@@ -282,6 +332,7 @@ def augitem(container: Any, index: Any, op: str, value: Any) -> Any:
     if isinstance(container, jax.Array) or (
         isinstance(container, np.ndarray) and (dispatch.has_jax(value) or dispatch.has_jax(index))
     ):
+        _note_write(container)
         return _update(jnp.asarray(container), index, value, op)
     current = getitem(container, index)
     container[index] = inplace(current, op, value)
@@ -292,6 +343,8 @@ def inplace(target: Any, op: str, value: Any) -> Any:
     """``target <op>= value`` for a name or attribute: in place on NumPy, a new array on JAX."""
     if isinstance(target, np.ndarray) and dispatch.has_jax(value):
         return dispatch.BINARY[op](jnp.asarray(target), value)
+    if isinstance(target, jax.Array):
+        _note_write(target)
     return dispatch.INPLACE[op](target, value)
 
 
@@ -312,6 +365,13 @@ def ufunc_at(method: Any, target: Any, index: Any, *args: Any, **kwargs: Any) ->
 def _update(array: jax.Array, index: Any, value: Any, op: str | None) -> jax.Array:
     index = dispatch.jax_index(index)
     mask = _boolean_mask(array, index)
+    if mask is not None and isinstance(value, Masked):
+        # z[m] = f(x[m]): where(m, f(x), z), the mask the one the selection was made with.
+        full = Masked(array, mask).operand(value)
+        if op is not None:
+            full = dispatch.BINARY[op](array, full)
+        full = jnp.broadcast_to(jnp.asarray(full, dtype=array.dtype), array.shape)
+        return jnp.where(expand(mask, array), full, array)
     if mask is not None and jnp.ndim(value) == 0:
         # x[mask] = 0 with a mask JAX may be tracing: same values, no data-dependent shape.
         full = value if op is None else dispatch.BINARY[op](array, value)
@@ -356,6 +416,24 @@ def tick(site: int) -> None:
         )
 
 
+def holds(value: Any, op: str | None, other: Any = None) -> bool | None:
+    """The truth of an ``assert``'s test: True, False, or None when JAX is tracing the value.
+
+    ``op`` None gives ``bool(value)``; "not", "and" and "or" combine truths already found.
+    The user's own NumPy function runs at θ as well, and there its asserts are checked.
+    """
+    if op == "not":
+        return None if value is None else not value
+    if op == "and":
+        return False if False in (value, other) else None if None in (value, other) else True
+    if op == "or":
+        return True if True in (value, other) else None if None in (value, other) else False
+    try:
+        return bool(value)
+    except jax.errors.ConcretizationTypeError:
+        return None
+
+
 HELPERS: dict[str, Any] = {
     rewrite.CALL: call,
     rewrite.GETITEM: getitem,
@@ -366,4 +444,7 @@ HELPERS: dict[str, Any] = {
     rewrite.TICK: tick,
     rewrite.SLICE: slice,
     rewrite.ITEM: dispatch.item,
+    rewrite.HOLDS: holds,
+    rewrite.CONDITION: branches.condition,
+    rewrite.BRANCHES: branches.Branches,
 }

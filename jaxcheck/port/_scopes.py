@@ -111,3 +111,74 @@ def resolve(name: str, scopes: list[FunctionScope | None]) -> str:
         if name in scope.bound or name in scope.declared_nonlocal:
             return "nonlocal"
     return "global"
+
+
+# Nodes a branch of an if-converted `if` may not hold: code objects of their own (the rewrite
+# runs each branch twice) or effects the other branch would see.
+_NOT_CONVERTIBLE = (
+    ast.Lambda,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+    ast.NamedExpr,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Await,
+    ast.Starred,
+)
+
+
+def _target_root(target: ast.expr) -> str | None:
+    """``x`` of ``x``, ``x[i]`` or ``x[i][j]``; None for other targets (attributes)."""
+    while isinstance(target, ast.Subscript):
+        target = target.value
+    return target.id if isinstance(target, ast.Name) else None
+
+
+def _statement_ok(statement: ast.stmt, scopes: list[FunctionScope | None]) -> bool:
+    if isinstance(statement, ast.Pass):
+        return True
+    if isinstance(statement, ast.If):
+        return convertible(statement, scopes)
+    if isinstance(statement, ast.Assign):
+        targets: list[ast.expr] = []
+        for target in statement.targets:
+            targets.extend(target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target])
+    elif isinstance(statement, (ast.AugAssign, ast.AnnAssign)) and statement.value is not None:
+        targets = [statement.target]
+    else:
+        return False
+    roots = [_target_root(t) for t in targets]
+    return all(r is not None and resolve(r, scopes) == "local" for r in roots)
+
+
+def convertible(node: ast.If, scopes: list[FunctionScope | None]) -> bool:
+    """Whether both branches of ``node`` only assign local variables (and items of them)."""
+    body = [*node.body, *node.orelse]
+    if not all(_statement_ok(s, scopes) for s in body):
+        return False
+    return not any(isinstance(n, _NOT_CONVERTIBLE) for s in body for n in ast.walk(s))
+
+
+def assigned_names(
+    node: ast.If, scopes: list[FunctionScope | None]
+) -> tuple[list[str], list[str], list[str]]:
+    """The local names the branches of ``node`` assign, assign into, and only read."""
+    assigned: set[str] = set()
+    containers: set[str] = set()
+    read: set[str] = set()
+    for statement in [*node.body, *node.orelse]:
+        for inner in ast.walk(statement):
+            if isinstance(inner, ast.Name):
+                (read if isinstance(inner.ctx, ast.Load) else assigned).add(inner.id)
+            elif isinstance(inner, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = inner.targets if isinstance(inner, ast.Assign) else [inner.target]
+                for target in targets:
+                    if isinstance(target, ast.Subscript):
+                        root = _target_root(target)
+                        if root is not None:
+                            containers.add(root)
+    assigned |= containers
+    read = {n for n in read - assigned if resolve(n, scopes) == "local"}
+    return sorted(assigned), sorted(containers), sorted(read)

@@ -175,7 +175,7 @@ def mismatch_cost(params):
 
 def mask_select_cost(params):
     w = params["w"]
-    return np.sum(w[w > 0])
+    return np.sum(np.sort(w[w > 0])[-2:])
 
 
 def integer_cost(params):

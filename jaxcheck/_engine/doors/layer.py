@@ -19,7 +19,6 @@ from jaxcheck._engine.system.layer import JAX_FORWARD_HINT, Layer, require_calla
 from jaxcheck.errors import (
     GradientError,
     InputError,
-    PortError,
 )
 from jaxcheck.report import Report
 
@@ -121,16 +120,17 @@ def check_layer(
     with left_as_found(forward, backward, jax_forward):
         layer.probe(dout, seed)
         jax_cost = None if jax_forward is None else layer.jax_cost(jax_forward)
-        try:
+        from jaxcheck.port._errors import advising  # the port loads when first needed
+
+        with advising(_LAYER_ADVICE):
             return check(layer.cost(), layer.grad, layer.params, jax_cost=jax_cost, **options)
-        except PortError as err:
-            if jax_forward is not None:
-                raise
-            raise PortError(
-                f"{err}\nFor check_layer, that JAX version is jax_forward=: forward written with "
-                f"jax.numpy, taking the same arguments and returning the same outputs.",
-                hint=JAX_FORWARD_HINT,
-            ) from err
+
+
+_LAYER_ADVICE = (
+    "For check_layer, that JAX version is jax_forward=: pass `jax_forward=` to "
+    "`jc.check_layer` (forward written with jax.numpy, taking the same arguments and returning "
+    "the same outputs) instead of relying on the automatic port."
+)
 
 
 def _no_jax_arrays(

@@ -453,6 +453,29 @@ def _twin(
     return twin, None
 
 
+def _ported_mismatch(twin: Twin) -> str:
+    """What to do when the port of the cost computes another cost than the NumPy one."""
+    if twin.view_writes:
+        lines = "\n  ".join(twin.view_writes)
+        cause = (
+            f" Your cost writes into a view of another array:\n  {lines}\nIn NumPy that "
+            f"changes the array it views as well (`top = h[0]; top *= 2` changes `h`); the "
+            f"port, on JAX values, changes only the view. Write into the array itself "
+            f"(`h[0] *= 2`), or copy the view first (`top = h[0].copy()`) if the other array "
+            f"was not meant to change."
+        )
+    else:
+        cause = (
+            " The port re-ran your cost on jax.numpy and got another value: something in it "
+            "behaves differently on JAX values (a write through a view or an alias, `b = a; "
+            "b += 1`, changes `a` only in NumPy)."
+        )
+    return (
+        f"{cause} Otherwise pass jax_cost= (a jax.numpy version of your cost) for the third "
+        f'opinion, or twin="none" for a two-way check of backprop against finite differences.'
+    )
+
+
 def check_twin(system: System, twin_cost: float, terms: float) -> None:
     """Sets ``system.cost_mismatch``; raises when it exceeds the cost's own rounding.
 
@@ -496,12 +519,18 @@ def check_twin(system: System, twin_cost: float, terms: float) -> None:
                 f"jax.enable_x64(True), so write it with jax.numpy without casting to float32 "
                 f"(no dtype=jnp.float32, no .astype(np.float32)) and it will match."
             )
+        ported = twin is not None and twin.kind == "ported"
+        fix = _ported_mismatch(twin) if twin is not None and ported else ""
         raise ReimplementationError(
             f"the JAX twin ({twin.kind}) does not compute the NumPy cost: cost(params) = "
             f"{value!r} but jax_cost(params) = {twin_cost!r} in float64 (relative mismatch "
             f"{mismatch:.2e}, tolerated {limit:.1e} for a {dtype} system under test, from its "
             f"precision and the size of the terms the cost sums). Every gradient opinion from "
-            f"the twin would be about another function, so nothing was judged.{narrow}",
-            hint="make jax_cost compute the same cost as cost",
+            f"the twin would be about another function, so nothing was judged.{narrow}{fix}",
+            hint=(
+                'pass jax_cost= (a jax.numpy version of your cost) or twin="none"'
+                if ported
+                else "make jax_cost compute the same cost as cost"
+            ),
         )
     system.cost_mismatch = mismatch

@@ -56,6 +56,8 @@ class Twin:
             (then nothing compiled for it is reused).
         kind: ``"given"`` (``jax_cost=``) or ``"ported"`` (``jc.port(cost)``).
         narrow: where the twin computes below float64 (``"float32 at mul"``), if anywhere.
+        view_writes: for a ported twin, the lines that write into a view (see
+            :func:`jaxcheck.port.view_writes`), which the port cannot follow.
     """
 
     jaxpr: Any
@@ -63,6 +65,7 @@ class Twin:
     key: Hashable | None
     kind: str
     narrow: tuple[str, ...] = ()
+    view_writes: tuple[str, ...] = ()
 
     def cost(self, consts: Sequence[Any], leaves: Sequence[Any]) -> jax.Array:
         """The cost at ``leaves`` with the closed-over data ``consts`` (traceable)."""
@@ -113,7 +116,12 @@ def trace(fn: Callable[[Any], Any], treedef: Any, leaves: Sequence[np.ndarray], 
         key: Hashable | None = (_jaxpr_key(jaxpr), _consts_key(consts))
     except _Unkeyable:
         key = None
-    return Twin(jaxpr, consts, key, kind, _narrow(jaxpr))
+    writes: tuple[str, ...] = ()
+    if kind == "ported":
+        from jaxcheck.port import view_writes
+
+        writes = view_writes(fn)
+    return Twin(jaxpr, consts, key, kind, _narrow(jaxpr), writes)
 
 
 def output_dtype(twin: Twin) -> np.dtype:
