@@ -325,16 +325,6 @@ class Report:
             f"fd vs ad {_fmt(self.difference_fd_autodiff if ad else None)}"
         )
 
-    def _diagnoses(self) -> list[str]:
-        """One line per leaf diagnosis that its message does not already say."""
-        lines = []
-        for leaf in self.leaves.values():
-            diagnosis = getattr(leaf, "diagnosis", None)
-            sentence = getattr(diagnosis, "sentence", diagnosis)
-            if sentence and str(sentence) not in leaf.message:
-                lines.append(f"{leaf.path}: {sentence}")
-        return lines
-
     def __str__(self) -> str:
         rows = [list(self._HEADER), *self._rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(self._HEADER))]
@@ -345,7 +335,6 @@ class Report:
                 lines.append("  ".join("-" * w for w in widths))
         lines.append(self._overall())
         lines.append(self.verdict)
-        lines.extend(self._diagnoses())
         lines.extend(self._closing_notes())
         return "\n".join(lines)
 

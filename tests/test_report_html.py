@@ -23,14 +23,14 @@ def _grad(p, scale=1.0):
     return {"w": X.T @ dz * scale, "b": np.sum(dz, keepdims=True)}
 
 
-def _branchy_cost(p):  # a Python `if` on a value of the params: the port cannot follow it
-    total = 0.0
-    for z in X @ p["w"] + p["b"]:
-        if z > 0:
-            total += z**2
-        else:
-            total += 0.5 * z**2
-    return float(total)
+def _half_square(z):  # a branch that returns, on a value of the params: the port cannot follow
+    if z > 0:
+        return z**2
+    return 0.5 * z**2
+
+
+def _branchy_cost(p):
+    return float(sum(_half_square(z) for z in X @ p["w"] + p["b"]))
 
 
 def _branchy_grad(p):
@@ -123,13 +123,12 @@ def test_a_rounding_note_is_in_the_html() -> None:
 
 def test_any_status_and_a_diagnosis_render_from_their_values() -> None:
     report = REPORTS["buggy"]()
-    leaf = report.leaves["w"]
-    leaf.status = "declared"  # a status this module has no words for is shown by its value
-    leaf.diagnosis = "the gradient is 3 times too big"  # a field another module may add
-    report.ok = True
-    text, page = str(report), _visible_text(report._repr_html_())
-    assert "w: the gradient is 3 times too big" in text
-    assert "w: the gradient is 3 times too big" in page and "declared" in page
+    report.leaves["w"].status = "declared"  # a status this module has no words for: its value
+    assert "declared" in _visible_text(report._repr_html_())
+    flipped = jc.check(_cost, lambda p: _grad(p, -1.0), PARAMS)  # a sign error is diagnosed
+    sentence = flipped.leaves["w"].diagnosis.sentence
+    assert flipped.leaves["w"].diagnosis.kind == "sign"
+    assert sentence in str(flipped) and sentence in _visible_text(flipped._repr_html_())
 
 
 def _softplus_rule():
