@@ -185,6 +185,15 @@ def _rebuild(template: Any, parts: Iterator[np.ndarray]) -> Any:
     return next(parts)
 
 
+def _like(template: Any, tree: Any) -> Any:
+    """``tree`` cut to the structure of ``template`` (dict keys ``k`` or ``"d" + k``)."""
+    if isinstance(template, dict) and isinstance(tree, dict):
+        return {k: _like(v, tree[k] if k in tree else tree["d" + k]) for k, v in template.items()}
+    if isinstance(template, (list, tuple)):
+        return type(template)(_like(t, x) for t, x in zip(template, tree))
+    return tree
+
+
 class Flat:
     """A pytree of NumPy arrays as one float64 vector θ, the way users wrap it for other tools.
 
@@ -205,7 +214,12 @@ class Flat:
         self.theta = self.vector(params)
 
     def vector(self, tree: Any) -> np.ndarray:
-        """Concatenates a pytree shaped like ``params`` into one float64 vector."""
+        """Concatenates a pytree shaped like ``params`` into one float64 vector.
+
+        A gradient keyed ``"d" + name`` with other entries besides (the lesson's
+        ``backward_propagation_n`` returns ``dZ1``, ``dA1``, ...) gives the entries of params.
+        """
+        tree = _like(self.params, tree)
         return np.concatenate([np.ravel(leaf) for leaf in _leaves(tree)]).astype(np.float64)
 
     def unflatten(self, theta: np.ndarray) -> Any:
