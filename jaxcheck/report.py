@@ -19,6 +19,7 @@ _STATUS_WORDS = {
     "backprop": "BACKPROP WRONG",
     "inconclusive": "INCONCLUSIVE",
     "twin": "twin's autodiff wrong",
+    "declared": "declared approximation",
     "kink": "correct (kink)",
     "rounding": "correct (rounding)",
     "fd-unreliable": "correct (FD unreliable)",
@@ -80,7 +81,9 @@ class LeafReport:
             subgradient there, one entry at a time and jointly); ``"rounding"`` (a
             low-precision backprop whose float64 re-run agrees: the formula is right and
             rounding explains the rest); ``"fd-unreliable"`` (finite differences strayed where
-            backprop and autodiff agree: not a bug).
+            backprop and autodiff agree: not a bug); ``"declared"`` (backprop differs, and the
+            user declared it an approximation with ``expected={path: "surrogate"}``: shown, not
+            judged, never failing).
         ok: False when the backprop is judged wrong or the verdict is inconclusive.
         difference_fd: classic difference of backprop vs finite differences (checked probes).
         difference_autodiff: classic difference of backprop vs ``jax.grad`` (every entry).
@@ -105,6 +108,9 @@ class LeafReport:
         rounding_difference: for status ``"rounding"``, the classic difference of the
             low-precision backprop from autodiff that rounding explains; else None.
         joint: (directions tested, directions failed) of the joint test of the leaf's kinks.
+        expected: what the user declared the leaf's backprop to be (``"surrogate"``), or None.
+        found: for status ``"declared"``, the status the opinions gave (``"backprop"`` or
+            ``"inconclusive"``) before the declaration; else None.
         message: a sentence saying what is wrong, when something is.
     """
 
@@ -132,6 +138,8 @@ class LeafReport:
     batch_size: int
     rounding_difference: float | None = None
     joint: tuple[int, int] = (0, 0)
+    expected: str | None = None
+    found: Status | None = None
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +153,7 @@ class LeafReport:
         out["worst_index"] = None if self.worst_index is None else list(self.worst_index)
         out["kinks"] = [list(k) for k in self.kinks]
         out["joint"] = list(self.joint)
+        out["found"] = None if self.found is None else str(self.found)
         return out
 
 
@@ -168,6 +177,8 @@ class Report:
         seconds: wall time of the check.
         twin_error: why there is no twin in a two-way check (the port's error), else None.
         autodiff: False for a two-way check: backprop judged against finite differences alone.
+        precision: when the cost computes below float64 inside, where, and the tolerance every
+            leaf was judged at; else None.
     """
 
     ok: bool
@@ -183,6 +194,7 @@ class Report:
     seconds: float
     twin_error: str | None = None
     autodiff: bool = True
+    precision: str | None = None
 
     @property
     def failing(self) -> list[str]:
@@ -195,12 +207,19 @@ class Report:
         return [p for p, leaf in self.leaves.items() if leaf.status == Status.INCONCLUSIVE]
 
     @property
+    def declared(self) -> list[str]:
+        """Paths of the leaves whose difference was declared an approximation (not judged)."""
+        return [p for p, leaf in self.leaves.items() if leaf.status == Status.DECLARED]
+
+    @property
     def verdict(self) -> str:
         """The verdict in words, one sentence per finding."""
         lines = []
         for leaf in self.leaves.values():
             if leaf.message:
                 lines.append(leaf.message)
+        if self.precision:
+            lines.append(self.precision)
         if self.ok:
             if not self.autodiff:
                 head = "Gradient correct: backprop agrees with finite differences."
@@ -212,6 +231,11 @@ class Report:
                 head = (
                     "Backprop agrees with finite differences, but jax.grad of the JAX twin does "
                     "not: fix the twin (jax_cost); the backprop is not blamed."
+                )
+            elif self.declared:
+                head = (
+                    f"Gradient correct where judged; {', '.join(self.declared)}: approximation "
+                    f"declared (expected=), differences shown below, not judged."
                 )
             return "\n".join([head, *lines])
         if not self.failing:
@@ -230,6 +254,7 @@ class Report:
             "ok": self.ok,
             "failing": self.failing,
             "inconclusive": self.inconclusive,
+            "declared": self.declared,
             "difference_fd": _json_float(self.difference_fd),
             "difference_autodiff": _json_float(self.difference_autodiff),
             "difference_fd_autodiff": _json_float(self.difference_fd_autodiff),
@@ -240,6 +265,7 @@ class Report:
             "twin": self.twin,
             "twin_error": self.twin_error,
             "autodiff": self.autodiff,
+            "precision": self.precision,
             "seconds": self.seconds,
             "verdict": self.verdict,
             "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},
@@ -260,7 +286,9 @@ class Report:
                     _fmt(leaf.difference_autodiff) if self.autodiff else "—",
                     _fmt(leaf.difference_fd_autodiff) if self.autodiff else "—",
                     _fmt(leaf.fd_error),
-                    _fmt(leaf.ratio, ".3g") if leaf.status in ("ok", "backprop") else "—",
+                    _fmt(leaf.ratio, ".3g")
+                    if leaf.status in ("ok", "backprop", "declared")
+                    else "—",
                     "—"
                     if leaf.worst_index is None or leaf.status == "ok"
                     else str(tuple(leaf.worst_index)),

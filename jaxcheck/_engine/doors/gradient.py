@@ -8,7 +8,7 @@ Both prepare the system under test (:mod:`jaxcheck._engine.system.prepare`) and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jaxcheck._engine.doors.pipeline import run
@@ -39,6 +39,7 @@ def check(
     incremental: bool | None = None,
     twin: str = "auto",
     cache: bool | None = None,
+    expected: Mapping[str, str] | None = None,
 ) -> Report:
     """Checks a hand-written gradient three ways and says who is wrong, leaf by leaf.
 
@@ -91,6 +92,11 @@ def check(
         cache: keep compiled programs on disk, so a fresh process re-running the same check
             compiles nothing (``$JAXCHECK_CACHE_DIR``, else ``~/.cache/jaxcheck``); ``None``:
             on unless the environment sets ``JAXCHECK_NO_CACHE=1``.
+        expected: leaf path → ``"surrogate"`` for a backprop that is a deliberate approximation
+            (gradient clipping, truncated backprop through time): the leaf's difference and
+            factor are still reported, its status is ``"declared"`` instead of failing, and it
+            never fails the check. A leaf that agrees keeps its own status. A path that names no
+            leaf is an :class:`~jaxcheck.InputError`.
 
     Returns:
         The :class:`~jaxcheck.Report`; ``report.ok`` is the verdict.
@@ -131,6 +137,7 @@ def check(
         incremental=incremental,
         twin=twin,
         cache=cache,
+        expected=expected,
     )
     system = prepare(cost, grad, params, jax_cost, options)
     return run(system, options, start=start)

@@ -152,7 +152,7 @@ def check_hvp(
         progress=progress,
         twin="required",
     )
-    system = prepare(cost, lambda p: p, params, twin_fn, options)
+    system = prepare(cost, None, params, twin_fn, options, gradient=False)
     leaves = system.leaves
     full, count = _directions(directions, leaves.size)
     source = _Directions(leaves, full, count, options.seed)
@@ -182,7 +182,7 @@ def check_hvp(
         finally:
             if bar is not None:
                 bar.close()
-    return _report(system, tallies, product, source, kind, start)
+    return _report(system, products.cost_mismatch, tallies, product, source, kind, start)
 
 
 def _progress(progress: bool | None, count: int, chunks: int) -> Any:

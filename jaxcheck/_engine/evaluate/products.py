@@ -138,6 +138,7 @@ class Products:
         self.batch = int(min(batch_size or min(fit, most), self.chunk))
         self.chunk = self.batch * max(1, self.chunk // self.batch)
         self.checked = False
+        self.cost_mismatch = 0.0
 
     def chunks(self, count: int) -> list[np.ndarray]:
         """The direction indices of each chunk."""
@@ -162,7 +163,7 @@ class Products:
         program = self._program(multiples, True, self.chunk)
         value, terms, g0, outs, screen = self._run(program, vectors, steps, user, valid, rtol)
         if not self.checked:
-            check_twin(self.system, float(value), float(terms))
+            self.cost_mismatch = check_twin(self.system, float(value), float(terms))
             self.checked = True
         outs = np.asarray(outs)[:n]
         sums, flagged_count, disagree_count, excess, atol, scale, fd_atol, floor = (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 import numpy as np
 
@@ -16,12 +17,17 @@ __all__ = [
     "FD_USEFUL",
     "KINK_RATIO",
     "ROUNDING_SAFETY",
+    "CODES",
+    "STATUS_OF",
     "Opinions",
     "Status",
     "Tolerance",
     "classify",
     "epsilon",
+    "excess",
     "relative_difference",
+    "U64",
+    "rounding",
     "rounding_error",
     "rtol_for",
 ]
@@ -40,6 +46,8 @@ class Status(str, enum.Enum):
     INCONCLUSIVE = "inconclusive"
     #: ``jax.grad`` of the twin disagrees with finite differences, which agree with backprop.
     TWIN = "twin"
+    #: backprop differs, and the user declared it an approximation (``expected=``): not judged.
+    DECLARED = "declared"
     #: A non-differentiable point; backprop is a valid (one-sided) subgradient there.
     KINK = "kink"
     #: The formula is right (its float64 re-run agrees); low-precision rounding explains the rest.
@@ -71,7 +79,9 @@ class Status(str, enum.Enum):
 _ORDER = list(Status)
 #: Probe class codes (int8 arrays), in the order of :class:`Status`.
 CODES = {status: code for code, status in enumerate(_ORDER)}
-BACKPROP, INCONCLUSIVE, TWIN, KINK, ROUNDING, FD_UNRELIABLE, OK = range(len(_ORDER))
+#: The status of each probe class code.
+STATUS_OF = tuple(_ORDER)
+BACKPROP, INCONCLUSIVE, TWIN, DECLARED, KINK, ROUNDING, FD_UNRELIABLE, OK = range(len(_ORDER))
 
 #: Relative tolerance on backprop vs autodiff for float64 (and wider) gradients.
 RTOL_FLOAT64 = 1e-7
@@ -97,7 +107,8 @@ KINK_RATIO = 0.8
 #: is believed; otherwise the probe is inconclusive.
 CLOSER = 10.0
 
-_U64 = float(np.finfo(np.float64).eps)
+#: float64's machine epsilon (the rounding unit of every twin evaluation).
+U64 = float(np.finfo(np.float64).eps)
 _U32 = float(np.finfo(np.float32).eps)
 
 
@@ -119,7 +130,7 @@ def rtol_for(dtype: np.dtype) -> float:
         1e-07
     """
     eps = epsilon(dtype)
-    if eps <= _U64:
+    if eps <= U64:
         return RTOL_FLOAT64
     return float(min(RTOL_CAP, RTOL_FLOAT32 * eps / _U32))
 
@@ -177,15 +188,28 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return num / den
 
 
+def rounding(magnitude: np.ndarray | float, h_total: np.ndarray | float, unit: float = U64) -> Any:
+    """The one rounding-error formula: ``c·u·|J| / h`` for cost values of size ``|J|``.
+
+    The error of a difference of two cost values of magnitude ``|J|`` computed with rounding
+    unit ``u``, divided by the step ``h_total`` (``1.0`` for the difference itself); ``c`` is
+    :data:`ROUNDING_SAFETY`.
+
+    Examples:
+        >>> float(rounding(1.0, 1.0)) == ROUNDING_SAFETY * U64
+        True
+    """
+    return ROUNDING_SAFETY * unit * magnitude / h_total
+
+
 def rounding_error(
-    j_up: np.ndarray, j_down: np.ndarray, h_total: np.ndarray, unit: float = _U64
+    j_up: np.ndarray, j_down: np.ndarray, h_total: np.ndarray, unit: float = U64
 ) -> np.ndarray:
     """Rounding error of a difference quotient ``(J_up − J_down) / h_total``.
 
     ``unit`` is the rounding unit the cost values were computed in (float64's by default).
     """
-    mags = np.maximum(np.abs(j_up), np.abs(j_down))
-    return ROUNDING_SAFETY * unit * mags / h_total
+    return rounding(np.maximum(np.abs(j_up), np.abs(j_down)), h_total, unit)
 
 
 @dataclasses.dataclass
@@ -213,6 +237,15 @@ class Opinions:
     rounding: np.ndarray
     slope_error: np.ndarray
     kink: np.ndarray
+
+
+def excess(a: np.ndarray, b: np.ndarray, rtol: float, atol: Any, xp: Any = np) -> Any:
+    """How far ``|a − b|`` exceeds the tolerance ``rtol·(|a| + |b|) + atol`` (≤ 0: within it).
+
+    ``xp`` is ``numpy`` or ``jax.numpy`` (for a screen computed on the device).
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return xp.abs(a - b) - (rtol * (xp.abs(a) + xp.abs(b)) + atol)
 
 
 def close(a: np.ndarray, b: np.ndarray, rtol: float, atol: np.ndarray | float) -> np.ndarray:
