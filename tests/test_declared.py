@@ -71,6 +71,7 @@ def test_declared_gradient_clipping_passes_and_says_declared():
         assert "declared" in leaf.message
     text = str(report)
     assert "declared" in text and "WRONG" not in text
+    assert "declared" in report._repr_html_()
     out = json.loads(json.dumps(report.to_dict()))
     assert out["ok"] and sorted(out["declared"]) == sorted(params)
     assert {leaf["status"] for leaf in out["leaves"].values()} == {"declared"}

@@ -54,6 +54,10 @@ def check(
     float64, and the twin is traced once. A two-way check (no twin) also calls ``cost`` at every
     perturbed point.
 
+    A NumPy cost that computes in float32 inside (a ``.astype(np.float32)`` where the params
+    flow, or a loss cast to float32) is judged at float32's precision against the same formula
+    run in float64; ``report.precision`` says where and at which tolerance.
+
     Args:
         cost: ``params -> float`` in NumPy (or a tuple whose first item is the float). With
             ``grad=None``: ``params -> (loss, grads)``, as course solvers' ``loss`` functions
