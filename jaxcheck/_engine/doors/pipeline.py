@@ -85,7 +85,7 @@ class Evaluator:
                 system.leaves,
                 system.leaves64,
                 groups,
-                backprop=system.backprop,
+                backprop=system.user_gradient,
                 progress=progress,
             )
             return value, None, evals
@@ -94,7 +94,7 @@ class Evaluator:
                 record.twin,
                 system.leaves64,
                 [g.probe for g in groups],
-                backprop=system.backprop,
+                backprop=system.user_gradient,
                 with_gradient=with_gradient,
                 batch_size=o.batch_size,
                 memory_budget=o.memory_budget,
@@ -157,7 +157,7 @@ def _judge(system: System, options: Options, evaluator: Evaluator) -> list[LeafR
         LeafRecord(
             path,
             leaves[i],
-            system.backprop[i],
+            system.user_gradient[i],
             None if gradient is None else gradient[i].reshape(-1),
             leaf_tolerance(
                 _judged_dtype(system, i),
@@ -172,10 +172,10 @@ def _judge(system: System, options: Options, evaluator: Evaluator) -> list[LeafR
         for i, path in enumerate(paths)
     ]
     evidence = [r.evidence for r in records]
-    collect(groups, evals, value, system.backprop, gradient, evidence)
+    collect(groups, evals, value, system.user_gradient, gradient, evidence)
     more = refinement(
         evidence,
-        system.backprop,
+        system.user_gradient,
         gradient,
         [r.tolerance for r in records],
         leaves,
@@ -185,7 +185,7 @@ def _judge(system: System, options: Options, evaluator: Evaluator) -> list[LeafR
     )
     if more:
         _, _, evals = evaluator(more, with_gradient=False)
-        collect(more, evals, value, system.backprop, gradient, evidence)
+        collect(more, evals, value, system.user_gradient, gradient, evidence)
     _probe_codes(records)
     if _kink_leaves_in_full(system, records, options, evaluator, value, gradient):
         _probe_codes(records)
@@ -221,13 +221,15 @@ def _kink_leaves_in_full(
     """
     chosen = {}
     for i, r in enumerate(records):
-        e = r.evidence
-        kink = r.classes == vd.KINK
+        e, classes = r.evidence, r.classes
+        if classes is None or classes.size < 2:
+            continue
+        kink = classes == vd.KINK
         if r.autodiff is not None:  # only where a subgradient other than autodiff's was accepted
             kink &= r.backprop64 != r.autodiff
-        if not np.any(kink) or r.classes.size < 2:
+        if not np.any(kink):
             continue
-        missing = np.setdiff1d(np.arange(r.classes.size), e.coords[e.refined])[:MAX_REFINE]
+        missing = np.setdiff1d(np.arange(classes.size), e.coords[e.refined])[:MAX_REFINE]
         if missing.size:
             chosen[i] = missing
     if not chosen:
@@ -242,13 +244,13 @@ def _kink_leaves_in_full(
         group_small=options.incremental is not True,
     )
     _, _, evals = evaluator(groups, with_gradient=False)
-    collect(groups, evals, value, system.backprop, gradient, [r.evidence for r in records])
+    collect(groups, evals, value, system.user_gradient, gradient, [r.evidence for r in records])
     return True
 
 
 def _judged_dtype(system: System, i: int) -> np.dtype:
     """The precision a leaf is judged at: its gradient's, its parameter's or the cost's own."""
-    dtypes = [np.dtype(system.backprop[i].dtype), np.dtype(system.leaves.values[i].dtype)]
+    dtypes = [np.dtype(system.user_gradient[i].dtype), np.dtype(system.leaves.values[i].dtype)]
     if system.cost_precision is not None:
         dtypes.append(system.cost_precision)
     return max(dtypes, key=vd.epsilon)

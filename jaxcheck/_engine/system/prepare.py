@@ -111,6 +111,13 @@ class System:
         """``"given"``, ``"ported"``, or ``"none"`` for a two-way check."""
         return "none" if self.twin is None else self.twin.kind
 
+    @property
+    def user_gradient(self) -> list[np.ndarray]:
+        """``backprop``, for a door that checks a gradient (raises for one that does not)."""
+        if self.backprop is None:
+            raise ValueError("this system was prepared with gradient=False: it has no backprop")
+        return self.backprop
+
 
 def call_user(fn: Callable, params: Any, name: str) -> Any:
     """Calls the user's ``fn(params)``; an exception in it becomes a ``UserCodeError``."""

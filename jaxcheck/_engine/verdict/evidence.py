@@ -143,7 +143,7 @@ def collect(
     evaluations: Sequence[Evaluation],
     value: float,
     backprop: Sequence[np.ndarray],
-    gradient: Sequence[np.ndarray],
+    gradient: Sequence[np.ndarray] | None,
     evidence: list[Evidence],
 ) -> None:
     """Adds the opinions of evaluated probe groups to each leaf's evidence (in place)."""
