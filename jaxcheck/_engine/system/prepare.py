@@ -204,10 +204,10 @@ def prepare(
     value, cost_dtype = _checked_cost([loss for loss, _ in calls], name)
     cost_fn = _loss_of(cost) if pair else cost
     backprop = None
-    if gradient:
-        grads = [g for _, g in calls] if pair else [call_user(grad, leaves.fresh(), "grad")]
-        if not pair:
-            grads.append(call_user(grad, leaves.fresh(), "grad"))
+    if pair:
+        backprop = _checked_gradient([g for _, g in calls], leaves)
+    elif grad is not None:
+        grads = [call_user(grad, leaves.fresh(), "grad") for _ in range(2)]
         backprop = _checked_gradient(grads, leaves)
     dtype = max(
         [np.dtype(v.dtype) for v in leaves.values] + [np.dtype(g.dtype) for g in backprop or []],
@@ -391,9 +391,9 @@ def _twin(
     out = twin.jaxpr.outvars[0].aval
     narrow = None
     if twin.narrow and kind == "ported":
-        wide = widen(twin, leaves.treedef, leaves64)
-        if wide is not None:
-            narrow = (twin.narrow, narrowest(twin.jaxpr))
+        wide, precision = widen(twin, leaves.treedef, leaves64), narrowest(twin.jaxpr)
+        if wide is not None and precision is not None:
+            narrow = (twin.narrow, precision)
             twin = wide
     if twin.narrow:
         where = ", ".join(twin.narrow)
@@ -440,6 +440,8 @@ def check_twin(system: System, twin_cost: float, terms: float) -> float:
         ReimplementationError: the twin computes another function than the NumPy cost.
     """
     twin, value, dtype = system.twin, system.cost, system.dtype
+    if twin is None:
+        raise ValueError("check_twin needs a system with a twin")
     if system.cost64 is not None:
         # The cost follows its input's dtype: its float64 value is the one to match, as tightly
         # as a float64 system's.
