@@ -83,6 +83,7 @@ def _annotation(leaf: Any) -> str:
         "fd-unreliable": "FD unreliable",
         "rounding": "rounding",
         "inconclusive": "inconclusive",
+        "declared": "declared",
     }
     return names.get(leaf.status, "")
 

@@ -20,6 +20,7 @@ _STATUS_WORDS = {
     "backprop": "BACKPROP WRONG",
     "inconclusive": "INCONCLUSIVE",
     "twin": "twin's autodiff wrong",
+    "declared": "declared approximation",
     "kink": "correct (kink)",
     "rounding": "correct (rounding)",
     "fd-unreliable": "correct (FD unreliable)",
@@ -86,7 +87,9 @@ class LeafReport:
             subgradient there, one entry at a time and jointly); ``"rounding"`` (a
             low-precision backprop whose float64 re-run agrees: the formula is right and
             rounding explains the rest); ``"fd-unreliable"`` (finite differences strayed where
-            backprop and autodiff agree: not a bug).
+            backprop and autodiff agree: not a bug); ``"declared"`` (backprop differs, and the
+            user declared it an approximation with ``expected={path: "surrogate"}``: shown, not
+            judged, never failing).
         ok: False when the backprop is judged wrong or the verdict is inconclusive.
         difference_fd: classic difference of backprop vs finite differences (checked probes).
         difference_autodiff: classic difference of backprop vs ``jax.grad`` (every entry).
@@ -111,6 +114,9 @@ class LeafReport:
         rounding_difference: for status ``"rounding"``, the classic difference of the
             low-precision backprop from autodiff that rounding explains; else None.
         joint: (directions tested, directions failed) of the joint test of the leaf's kinks.
+        expected: what the user declared the leaf's backprop to be (``"surrogate"``), or None.
+        found: for status ``"declared"``, the status the opinions gave (``"backprop"`` or
+            ``"inconclusive"``) before the declaration; else None.
         message: a sentence saying what is wrong, when something is.
         diagnosis: the kind of bug, when the evidence fits one tightly (a
             :class:`~jaxcheck._engine.verdict.diagnosis.Diagnosis` with ``kind`` such as
@@ -142,6 +148,8 @@ class LeafReport:
     batch_size: int
     rounding_difference: float | None = None
     joint: tuple[int, int] = (0, 0)
+    expected: str | None = None
+    found: Status | None = None
     message: str = ""
     diagnosis: Diagnosis | None = None
 
@@ -156,6 +164,7 @@ class LeafReport:
         out["worst_index"] = None if self.worst_index is None else list(self.worst_index)
         out["kinks"] = [list(k) for k in self.kinks]
         out["joint"] = list(self.joint)
+        out["found"] = None if self.found is None else str(self.found)
         return out
 
 
@@ -182,6 +191,8 @@ class Report:
         autodiff: False for a two-way check: backprop judged against finite differences alone.
         diagnosis: a diagnosis that spans leaves (``"common-factor"``: every failing leaf is
             (1 + δ)× autodiff with one δ), else None.
+        precision: when the cost computes below float64 inside, where, and the tolerance every
+            leaf was judged at; else None.
     """
 
     ok: bool
@@ -198,6 +209,7 @@ class Report:
     twin_error: str | None = None
     autodiff: bool = True
     diagnosis: Diagnosis | None = None
+    precision: str | None = None
 
     @property
     def failing(self) -> list[str]:
@@ -210,12 +222,19 @@ class Report:
         return [p for p, leaf in self.leaves.items() if leaf.status == Status.INCONCLUSIVE]
 
     @property
+    def declared(self) -> list[str]:
+        """Paths of the leaves whose difference was declared an approximation (not judged)."""
+        return [p for p, leaf in self.leaves.items() if leaf.status == Status.DECLARED]
+
+    @property
     def verdict(self) -> str:
         """The verdict in words, one sentence per finding."""
         lines = []
         for leaf in self.leaves.values():
             if leaf.message:
                 lines.append(leaf.message)
+        if self.precision:
+            lines.append(self.precision)
         if self.ok:
             if not self.autodiff:
                 head = "Gradient correct: backprop agrees with finite differences."
@@ -227,6 +246,11 @@ class Report:
                 head = (
                     "Backprop agrees with finite differences, but jax.grad of the JAX twin does "
                     "not: fix the twin (jax_cost); the backprop is not blamed."
+                )
+            elif self.declared:
+                head = (
+                    f"Gradient correct where judged; {', '.join(self.declared)}: approximation "
+                    f"declared (expected=), differences shown below, not judged."
                 )
             return "\n".join([head, *lines])
         if not self.failing:
@@ -247,6 +271,7 @@ class Report:
             "ok": self.ok,
             "failing": self.failing,
             "inconclusive": self.inconclusive,
+            "declared": self.declared,
             "difference_fd": _json_float(self.difference_fd),
             "difference_autodiff": _json_float(self.difference_autodiff),
             "difference_fd_autodiff": _json_float(self.difference_fd_autodiff),
@@ -258,6 +283,7 @@ class Report:
             "twin_error": self.twin_error,
             "autodiff": self.autodiff,
             "diagnosis": None if self.diagnosis is None else dataclasses.asdict(self.diagnosis),
+            "precision": self.precision,
             "seconds": self.seconds,
             "verdict": self.verdict,
             "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},
@@ -278,7 +304,9 @@ class Report:
                     _fmt(leaf.difference_autodiff) if self.autodiff else "—",
                     _fmt(leaf.difference_fd_autodiff) if self.autodiff else "—",
                     _fmt(leaf.fd_error),
-                    _fmt(leaf.ratio, ".3g") if leaf.status in ("ok", "backprop") else "—",
+                    _fmt(leaf.ratio, ".3g")
+                    if leaf.status in ("ok", "backprop", "declared")
+                    else "—",
                     "—"
                     if leaf.worst_index is None or leaf.status == "ok"
                     else str(tuple(leaf.worst_index)),

@@ -123,11 +123,8 @@ def check(
         inputs_.params,
         None,
         opts,
+        reference=external,  # torch autograd of the reference: the autodiff opinion
     )
-    if external is not None:
-        system.reference = [
-            np.asarray(external[p], np.float64) for p in system.leaves.paths
-        ]  # torch autograd of the reference: the autodiff opinion
     report = run(system, opts, start=start, noun="backward")
     return RuleReport.from_report(
         report,

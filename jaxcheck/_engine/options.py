@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ class Options:
     twin: str = "auto"
     cache: bool | None = None
     compile: bool | None = None
+    expected: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or self.method not in METHODS:
@@ -87,6 +88,12 @@ class Options:
                 raise InputError(f"devices={devices!r}: expected jax devices (jax.devices()).")
             object.__setattr__(self, "devices", tuple(devices))
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "expected", _expected(self.expected))
+
+    @property
+    def expectations(self) -> dict[str, str] | None:
+        """``expected`` as a dict: leaf path → ``"derivative"`` or ``"surrogate"``."""
+        return None if self.expected is None else dict(self.expected)
 
     @property
     def samples_per_leaf(self) -> int:
@@ -97,6 +104,29 @@ class Options:
     def directions_per_leaf(self) -> int:
         """Random directions per leaf in ``method="directional"``."""
         return self.directions or DEFAULT_DIRECTIONS
+
+
+def _expected(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """``expected=`` as sorted (path, expectation) pairs; the paths are checked against the
+    leaves once the params are known."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        items = list(value)
+    else:
+        raise InputError(
+            f"expected={value!r}: expected a dict of leaf path -> 'surrogate' (a deliberate "
+            f"approximation, e.g. expected={{'W': 'surrogate'}}), or None."
+        )
+    for key, kind in items:
+        if not isinstance(key, str) or not isinstance(kind, str):
+            raise InputError(
+                f"expected={value!r}: keys must be leaf paths (str) and values 'surrogate' or "
+                f"'derivative'."
+            )
+    return tuple(sorted(items))
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -8,7 +8,7 @@ Both prepare the system under test (:mod:`jaxcheck._engine.system.prepare`) and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jaxcheck._engine.doors.door import door
@@ -43,6 +43,7 @@ def check(
     twin: str = "auto",
     cache: bool | None = None,
     compile: bool | None = None,
+    expected: Mapping[str, str] | None = None,
 ) -> Report:
     """Checks a hand-written gradient three ways and says who is wrong, leaf by leaf.
 
@@ -56,6 +57,10 @@ def check(
     unfrozen dropout), each once more at float64 copies of θ when the system is narrower than
     float64, and the twin is traced once. A two-way check (no twin) also calls ``cost`` at every
     perturbed point.
+
+    A NumPy cost that computes in float32 inside (a ``.astype(np.float32)`` where the params
+    flow, or a loss cast to float32) is judged at float32's precision against the same formula
+    run in float64; ``report.precision`` says where and at which tolerance.
 
     Args:
         cost: ``params -> float`` in NumPy (or a tuple whose first item is the float). With
@@ -98,6 +103,11 @@ def check(
         compile: ``True`` compiles one program for the check; ``None`` (default) evaluates
             small checks with NumPy instead, one call per operation of the traced twin, which
             takes less time than compiling them; ``False`` does so whatever the size.
+        expected: leaf path → ``"surrogate"`` for a backprop that is a deliberate approximation
+            (gradient clipping, truncated backprop through time): the leaf's difference and
+            factor are still reported, its status is ``"declared"`` instead of failing, and it
+            never fails the check. A leaf that agrees keeps its own status. A path that names no
+            leaf is an :class:`~jaxcheck.InputError`.
 
     Returns:
         The :class:`~jaxcheck.Report`; ``report.ok`` is the verdict.
@@ -139,6 +149,7 @@ def check(
         twin=twin,
         cache=cache,
         compile=compile,
+        expected=expected,
     )
     system = prepare(cost, grad, params, jax_cost, options)
     report = run(system, options, start=start)

@@ -281,7 +281,7 @@ def check_product(
         progress=progress,
         twin="required",
     )
-    system = prepare(cost, lambda p: p, params, twin_fn, options)
+    system = prepare(cost, None, params, twin_fn, options, gradient=False)
     leaves = system.leaves
     full, count = _directions(directions, leaves.size)
     source = _Directions(leaves, full, count, options.seed)
@@ -308,7 +308,9 @@ def check_product(
         finally:
             if bar is not None:
                 bar.close()
-    return _report(system, tallies, user, source, spec, linearity.findings, start)
+    return _report(
+        system, products.cost_mismatch, tallies, user, source, spec, linearity.findings, start
+    )
 
 
 def _progress(progress: bool | None, count: int, chunks: int) -> Any:

@@ -240,6 +240,7 @@ class HvpReport(Report):
 
 def _report(
     system: System,
+    cost_mismatch: float,
     tallies: list[_Tally],
     product: _Product,
     source: _Directions,
@@ -272,7 +273,7 @@ def _report(
         difference_fd=whole.difference("bp", "fd"),
         difference_autodiff=whole.difference("bp", "ad"),
         difference_fd_autodiff=whole.difference("fd", "ad"),
-        cost_mismatch=system.cost_mismatch,
+        cost_mismatch=cost_mismatch,
         cost=system.cost,
         method=method,
         dtype=str(dtype),

@@ -13,10 +13,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxcheck._engine.evaluate.finite_differences import evaluate
+from jaxcheck._engine.doors.pipeline import Evaluator, RunRecord
 from jaxcheck._engine.evaluate.plan import default_step, plan
 from jaxcheck._engine.options import Options
-from jaxcheck._engine.system.prepare import check_twin, prepare
+from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck.errors import InputError
 
@@ -127,22 +127,13 @@ def step_sweep(
         twin="required",
     )
     system = prepare(cost, grad, params, jax_cost, base)
+    evaluator = Evaluator(system, base, RunRecord(system.twin, system.twin_error))
     diff_bp, diff_ad = [], []
     with jax.enable_x64(True):
         for h in steps:
             options = dataclasses.replace(base, eps=float(h))
             groups = plan(system.leaves64, system.leaves.paths, options)
-            value, terms, gradient, evals = evaluate(
-                system.twin,
-                system.leaves64,
-                [g.probe for g in groups],
-                backprop=system.backprop,
-                batch_size=batch_size,
-                memory_budget=memory_budget,
-                progress=False,
-            )
-            if h == steps[0]:
-                check_twin(system, value, terms)
+            _, gradient, evals = evaluator(groups, with_gradient=True)
             fd, bp, ad = [], [], []
             for group, e in zip(groups, evals):
                 n = group.probe.count

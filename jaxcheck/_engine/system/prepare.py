@@ -19,6 +19,7 @@ from jaxcheck._engine.evaluate import processes
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.params import Leaves, flatten_params, match_gradient, scalar_cost
 from jaxcheck._engine.system.twin import Twin, output_dtype, trace
+from jaxcheck._engine.system.widen import narrowest, widen
 from jaxcheck._engine.verdict.classify import epsilon
 from jaxcheck.errors import (
     InputError,
@@ -49,30 +50,32 @@ _FREEZE_ADVICE = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class System:
-    """The system under test evaluated at θ, validated, and its JAX twin.
+    """The system under test evaluated at θ, validated, and its JAX twin; never changed later.
+
+    What happens to it during a check (the twin's cost mismatch, a fallback to two-way, wider
+    re-runs of the gradient) is kept in the run's own record, not here.
 
     Attributes:
         leaves: the params, flattened (private copies).
         leaves64: float64 copies of the leaves.
-        backprop: the user's gradient per leaf, in its own dtype.
+        backprop: the user's gradient per leaf, in its own dtype; None for a door whose
+            derivative is checked elsewhere (``check_hvp``: the product, not a gradient).
         backprop64: the user's gradient re-run at float64 params, for a low-precision system
             whose code follows its input dtype (else None).
+        cost: the NumPy cost at θ.
+        cost_fn: the user's cost as ``params -> float`` (for a two-way check).
+        twin: the traced JAX twin, or None (two-way check: no twin could be had).
+        twin_error: why there is no twin (the port's error), else None.
+        dtype: the lowest precision among params and gradient.
         cost64: the user's cost at float64 params, for such a system: the twin must match it
             to float64 precision (else None).
         cost_dtype: the dtype the user's cost returned its value in (a cost written with
             jax.numpy under JAX's default config returns float32 for float64 params).
         grad_fn: the user's gradient function (with ``pair``: ``fn`` returning (loss, grads)),
             to re-run it in a wider dtype.
-        longdouble: a float64 system's gradient re-run at ``np.longdouble`` θ, once a leaf
-            failed (``longdouble_tried`` says whether it was attempted).
-        cost: the NumPy cost at θ.
-        cost_fn: the user's cost as ``params -> float`` (for a two-way check).
-        twin: the traced JAX twin, or None (two-way check: no twin could be had).
-        twin_error: why there is no twin (the port's error), else None.
-        cost_mismatch: relative |J_numpy − J_twin| at θ.
-        dtype: the lowest precision among params and gradient.
+        pair: whether ``grad_fn`` returns ``(loss, grads)``.
         autodiff: whether ``jax.grad`` of the twin is an independent opinion. False when the
             twin's derivative is the system under test itself (a custom rule checked by
             :func:`jaxcheck.check_rule` without a reference): then the twin only gives finite
@@ -80,31 +83,42 @@ class System:
         reference: an autodiff opinion computed outside JAX (float64 leaves) for a system
             without a twin, such as torch autograd of a reference forward
             (:mod:`jaxcheck.torch`); else None.
+        computes_in: where a ported cost computes below float64 (``"float32 at mul
+            (net.py:12)"``), when it does: the twin is the same formula in float64
+            (:mod:`jaxcheck._engine.system.widen`) and ``dtype`` is the cost's own precision,
+            at which every leaf is judged. Else None.
+        cost_precision: the narrowest dtype the cost computes in there, else None.
     """
 
     leaves: Leaves
     leaves64: list[np.ndarray]
-    backprop: list[np.ndarray]
+    backprop: list[np.ndarray] | None
     backprop64: list[np.ndarray] | None
     cost: float
     cost_fn: Callable[[Any], float]
     twin: Twin | None
     twin_error: JaxcheckError | None
-    cost_mismatch: float
     dtype: np.dtype
     cost64: float | None = None
     cost_dtype: np.dtype | None = None
     grad_fn: Callable[[Any], Any] | None = None
     pair: bool = False
-    longdouble: list[np.ndarray] | None = None
-    longdouble_tried: bool = False
     autodiff: bool = True
     reference: list[np.ndarray] | None = None
+    computes_in: tuple[str, ...] | None = None
+    cost_precision: np.dtype | None = None
 
     @property
     def twin_kind(self) -> str:
         """``"given"``, ``"ported"``, or ``"none"`` for a two-way check."""
         return "none" if self.twin is None else self.twin.kind
+
+    @property
+    def user_gradient(self) -> list[np.ndarray]:
+        """``backprop``, for a door that checks a gradient (raises for one that does not)."""
+        if self.backprop is None:
+            raise ValueError("this system was prepared with gradient=False: it has no backprop")
+        return self.backprop
 
 
 def call_user(fn: Callable, params: Any, name: str) -> Any:
@@ -244,60 +258,65 @@ def _match(grads: Any, leaves: Leaves, name: str | None) -> list[np.ndarray]:
 
 
 def prepare(
-    cost: Callable, grad: Callable | None, params: Any, jax_cost: Callable | None, options: Options
+    cost: Callable,
+    grad: Callable | None,
+    params: Any,
+    jax_cost: Callable | None,
+    options: Options,
+    *,
+    gradient: bool = True,
+    autodiff: bool = True,
+    reference: Mapping[str, Any] | None = None,
 ) -> System:
     """Validates the inputs, runs the system under test at θ and traces the twin.
 
     With ``grad=None``, ``cost(params)`` returns ``(loss, grads)`` and both come from one call.
 
+    Args:
+        cost: the user's NumPy cost.
+        grad: the user's gradient, or None when ``cost`` returns ``(loss, grads)``.
+        params: the params pytree.
+        jax_cost: the JAX twin, or None to port ``cost``.
+        options: the check's options.
+        gradient: False for a door that checks no gradient (``check_hvp``): ``grad`` must be
+            None, ``cost`` returns the loss alone, and ``System.backprop`` is None.
+        autodiff: False when ``jax.grad`` of the twin is not an independent opinion.
+        reference: an autodiff opinion from outside JAX, keyed by leaf path.
+
     Raises:
         InputError, UserCodeError, NondeterminismError, ReimplementationError, PortError.
     """
-    if not callable(cost):
-        raise InputError(f"cost must be callable params -> ..., got {type(cost).__name__}.")
-    if grad is not None and not callable(grad):
-        raise InputError(f"grad must be callable or None, got {type(grad).__name__}.")
-    if jax_cost is not None and not callable(jax_cost):
-        raise InputError(f"jax_cost must be callable or None, got {type(jax_cost).__name__}.")
+    _require_callables(cost, grad, jax_cost)
+    if not gradient and grad is not None:
+        raise ValueError("prepare(gradient=False) takes grad=None")
     leaves = flatten_params(params)
-    name = "cost" if grad is not None else "fn"
-    if grad is None:
-        loss_a, grads_a = _split(call_user(cost, leaves.fresh(), name), name)
-        _loss_first(loss_a, grads_a, name)
-        loss_b, grads_b = _split(call_user(cost, leaves.fresh(), name), name)
-        cost_fn = _loss_of(cost)
-    else:
-        loss_a = call_user(cost, leaves.fresh(), name)
-        _not_a_gradient(loss_a, grad, leaves)
-        loss_b = call_user(cost, leaves.fresh(), name)
-        cost_fn = cost
-    value = scalar_cost(loss_a, what=f"{name}(params)")
-    again = scalar_cost(loss_b, what=f"{name}(params)")
-    cost_dtype = _value_dtype(loss_a)
-    if not _same(np.array(value), np.array(again)):
-        raise NondeterminismError(
-            f"{name}(params) returned {value!r} and then {again!r} for the same params. "
-            + _FREEZE_ADVICE
-        )
-    if grad is not None:
-        grads_a = call_user(grad, leaves.fresh(), "grad")
-        grads_b = call_user(grad, leaves.fresh(), "grad")
-    backprop = _match(grads_a, leaves, name if grad is None else None)
-    second = match_gradient(grads_b, leaves)
-    for path, a, b in zip(leaves.paths, backprop, second):
-        if not _same(a, b):
-            raise NondeterminismError(
-                f"grad(params) returned different values for leaf {path!r} on two calls with "
-                f"the same params. " + _FREEZE_ADVICE
-            )
+    pair = gradient and grad is None
+    name = "fn" if pair else "cost"
+    calls = [_call(cost, leaves, name, pair) for _ in range(2)]
+    if pair:
+        _loss_first(*calls[0], name)
+    elif grad is not None:
+        _not_a_gradient(calls[0][0], grad, leaves)
+    value, cost_dtype = _checked_cost([loss for loss, _ in calls], name)
+    cost_fn = _loss_of(cost) if pair else cost
+    backprop = None
+    if pair:
+        backprop = _checked_gradient([g for _, g in calls], leaves, name)
+    elif grad is not None:
+        grads = [call_user(grad, leaves.fresh(), "grad") for _ in range(2)]
+        backprop = _checked_gradient(grads, leaves, None)
     dtype = max(
-        [np.dtype(v.dtype) for v in leaves.values] + [np.dtype(g.dtype) for g in backprop],
+        [np.dtype(v.dtype) for v in leaves.values] + [np.dtype(g.dtype) for g in backprop or []],
         key=epsilon,
     )
     leaves64 = [v.astype(np.float64) for v in leaves.values]
-    backprop64 = _rerun64(cost if grad is None else grad, grad is None, leaves, leaves64, dtype)
+    grad_fn = (cost if pair else grad) if gradient else None
+    backprop64 = None if grad_fn is None else _rerun64(grad_fn, pair, leaves, leaves64, dtype)
     cost64 = _cost64(cost_fn, leaves, leaves64, dtype)
-    twin, twin_error = _twin(cost, jax_cost, leaves, leaves64, options)
+    twin, twin_error, narrow = _twin(cost, jax_cost, leaves, leaves64, options)
+    computes_in, cost_precision = narrow if narrow is not None else (None, None)
+    if cost_precision is not None:
+        dtype = max(dtype, cost_precision, key=epsilon)
     # Several processes: all meet here, before any collective, and compare their checks.
     processes.agree(
         twin=twin,
@@ -316,13 +335,61 @@ def prepare(
         cost_fn,
         twin,
         twin_error,
-        0.0,
         dtype,
         cost64=cost64,
         cost_dtype=cost_dtype,
-        grad_fn=cost if grad is None else grad,
-        pair=grad is None,
+        grad_fn=grad_fn,
+        pair=pair,
+        autodiff=autodiff,
+        reference=None
+        if reference is None
+        else [np.asarray(reference[p], np.float64) for p in leaves.paths],
+        computes_in=computes_in,
+        cost_precision=cost_precision,
     )
+
+
+def _require_callables(cost: Any, grad: Any, jax_cost: Any) -> None:
+    if not callable(cost):
+        raise InputError(f"cost must be callable params -> ..., got {type(cost).__name__}.")
+    if grad is not None and not callable(grad):
+        raise InputError(f"grad must be callable or None, got {type(grad).__name__}.")
+    if jax_cost is not None and not callable(jax_cost):
+        raise InputError(f"jax_cost must be callable or None, got {type(jax_cost).__name__}.")
+
+
+def _call(cost: Callable, leaves: Leaves, name: str, pair: bool) -> tuple[Any, Any]:
+    """One call of the user's cost at θ: ``(loss, grads)``, grads None unless ``pair``."""
+    out = call_user(cost, leaves.fresh(), name)
+    return _split(out, name) if pair else (out, None)
+
+
+def _checked_cost(losses: list[Any], name: str) -> tuple[float, np.dtype | None]:
+    """The cost at θ from two calls (randomness is an error), and the dtype it came in."""
+    value = scalar_cost(losses[0], what=f"{name}(params)")
+    again = scalar_cost(losses[1], what=f"{name}(params)")
+    if not _same(np.array(value), np.array(again)):
+        raise NondeterminismError(
+            f"{name}(params) returned {value!r} and then {again!r} for the same params. "
+            + _FREEZE_ADVICE
+        )
+    return value, _value_dtype(losses[0])
+
+
+def _checked_gradient(grads: list[Any], leaves: Leaves, name: str | None) -> list[np.ndarray]:
+    """The user's gradient from two calls at θ (randomness is an error), matched to the leaves.
+
+    ``name`` is the function that returned ``(loss, grads)`` together, if it did.
+    """
+    backprop = _match(grads[0], leaves, name)
+    second = match_gradient(grads[1], leaves)
+    for path, a, b in zip(leaves.paths, backprop, second):
+        if not _same(a, b):
+            raise NondeterminismError(
+                f"grad(params) returned different values for leaf {path!r} on two calls with "
+                f"the same params. " + _FREEZE_ADVICE
+            )
+    return backprop
 
 
 def _value_dtype(value: Any) -> np.dtype | None:
@@ -385,9 +452,14 @@ def _twin(
     leaves: Leaves,
     leaves64: list[np.ndarray],
     options: Options,
-) -> tuple[Twin | None, JaxcheckError | None]:
+) -> tuple[Twin | None, JaxcheckError | None, tuple[tuple[str, ...], np.dtype] | None]:
+    """The traced twin, or why there is none; and where a ported cost computes below float64.
+
+    A ported cost that casts below float64 where the params flow is widened (the same formula
+    in float64); the third item then says where it cast and the narrowest dtype it used.
+    """
     if jax_cost is None and options.twin == "none":
-        return None, None
+        return None, None, None
     if jax_cost is not None:
         fn, kind = jax_cost, "given"
     else:
@@ -398,14 +470,14 @@ def _twin(
         except PortError as err:
             if options.twin == "required":
                 raise
-            return None, err
+            return None, err, None
     try:
         with jax.enable_x64(True):
             twin = trace(fn, leaves.treedef, leaves64, kind)
     except PortError as err:
         if kind == "given" or options.twin == "required":
             raise
-        return None, err
+        return None, err, None
     except JaxcheckError:
         raise
     except Exception as err:
@@ -415,7 +487,7 @@ def _twin(
                     f"the port of cost could not be traced by JAX: {type(err).__name__}: {err}",
                     hint="pass jax_cost= (a jax.numpy version of your cost)",
                 ) from err
-            return None, PortError(f"{type(err).__name__}: {err}")
+            return None, PortError(f"{type(err).__name__}: {err}"), None
         raise user_code_error(
             err,
             "jax_cost(params)",
@@ -425,6 +497,12 @@ def _twin(
             ),
         ) from err
     out = twin.jaxpr.outvars[0].aval
+    narrow = None
+    if twin.narrow and kind == "ported":
+        wide, precision = widen(twin, leaves.treedef, leaves64), narrowest(twin.jaxpr)
+        if wide is not None and precision is not None:
+            narrow = (twin.narrow, precision)
+            twin = wide
     if twin.narrow:
         where = ", ".join(twin.narrow)
         fix = (
@@ -450,7 +528,7 @@ def _twin(
                 else "."
             )
         )
-    return twin, None
+    return twin, None, narrow
 
 
 def _ported_mismatch(twin: Twin) -> str:
@@ -476,18 +554,25 @@ def _ported_mismatch(twin: Twin) -> str:
     )
 
 
-def check_twin(system: System, twin_cost: float, terms: float) -> None:
-    """Sets ``system.cost_mismatch``; raises when it exceeds the cost's own rounding.
+def check_twin(system: System, twin_cost: float, terms: float) -> float:
+    """The relative mismatch of the twin's cost and the NumPy cost at θ, checked.
+
+    Raises when it exceeds the cost's own rounding.
 
     Args:
         system: the prepared system, with a twin.
         twin_cost: the twin's cost at θ.
         terms: the largest sum of magnitudes among the twin's intermediates at θ.
 
+    Returns:
+        ``|J_numpy − J_twin| / max(|J_numpy|, |J_twin|)``.
+
     Raises:
         ReimplementationError: the twin computes another function than the NumPy cost.
     """
     twin, value, dtype = system.twin, system.cost, system.dtype
+    if twin is None:
+        raise ValueError("check_twin needs a system with a twin")
     if system.cost64 is not None:
         # The cost follows its input's dtype: its float64 value is the one to match, as tightly
         # as a float64 system's.
@@ -496,6 +581,16 @@ def check_twin(system: System, twin_cost: float, terms: float) -> None:
         raise ReimplementationError(
             f"the JAX twin ({twin.kind}) returned {twin_cost} at params while the NumPy cost is "
             f"{value!r}."
+        )
+    tiny = float(np.finfo(np.float64).tiny)
+    if min(abs(value), abs(twin_cost)) < tiny and value != twin_cost:
+        raise ReimplementationError(
+            f"the JAX twin ({twin.kind}) returned {twin_cost!r} at params while the NumPy cost "
+            f"is {value!r}: the cost is in the subnormal range (below {tiny:.1e}), where XLA "
+            f"flushes floats to zero (flush-to-zero on CPU and GPU), so no JAX twin can compute "
+            f"it and nothing was judged. Scale the cost and its gradient up (e.g. by 2**600), "
+            f"or pass twin='none' for a two-way check in NumPy.",
+            hint="scale the cost out of the subnormal range, or pass twin='none'",
         )
     denom = max(abs(value), abs(twin_cost))
     mismatch = 0.0 if denom == 0 else abs(value - twin_cost) / denom
@@ -511,26 +606,40 @@ def check_twin(system: System, twin_cost: float, terms: float) -> None:
     rounding = COST_ROUNDING_UNITS * eps * terms / denom if denom > 0 else 0.0
     limit = max(base, rounding)
     if not mismatch <= limit:
-        narrow = ""
-        if output_dtype(twin).itemsize < 8 or twin.narrow:
-            where = ", ".join(twin.narrow) or str(output_dtype(twin))
-            narrow = (
-                f" The twin computes below float64 ({where}): jaxcheck runs it under "
-                f"jax.enable_x64(True), so write it with jax.numpy without casting to float32 "
-                f"(no dtype=jnp.float32, no .astype(np.float32)) and it will match."
-            )
         ported = twin is not None and twin.kind == "ported"
-        fix = _ported_mismatch(twin) if twin is not None and ported else ""
+        fix = _ported_mismatch(twin) if ported else ""
         raise ReimplementationError(
             f"the JAX twin ({twin.kind}) does not compute the NumPy cost: cost(params) = "
             f"{value!r} but jax_cost(params) = {twin_cost!r} in float64 (relative mismatch "
             f"{mismatch:.2e}, tolerated {limit:.1e} for a {dtype} system under test, from its "
             f"precision and the size of the terms the cost sums). Every gradient opinion from "
-            f"the twin would be about another function, so nothing was judged.{narrow}{fix}",
+            f"the twin would be about another function, so nothing was judged."
+            f"{_mismatch_cause(twin, mismatch, eps)}{fix}",
             hint=(
                 'pass jax_cost= (a jax.numpy version of your cost) or twin="none"'
                 if ported
                 else "make jax_cost compute the same cost as cost"
             ),
         )
-    system.cost_mismatch = mismatch
+    return mismatch
+
+
+def _mismatch_cause(twin: Twin, mismatch: float, eps: float) -> str:
+    """What a twin/cost mismatch of this size usually means, and what to do."""
+    if output_dtype(twin).itemsize < 8 or twin.narrow:
+        where = ", ".join(twin.narrow) or str(output_dtype(twin))
+        return (
+            f" The twin computes below float64 ({where}): jaxcheck runs it under "
+            f"jax.enable_x64(True), so write it with jax.numpy without casting to float32 "
+            f"(no dtype=jnp.float32, no .astype(np.float32)) and it will match."
+        )
+    u32 = epsilon(np.dtype(np.float32))
+    if eps < u32 and mismatch <= COST_EPS_UNITS * u32:
+        return (
+            f" The mismatch is the size of float32 rounding (float32's epsilon is {u32:.1e}): "
+            f"one of the two computes in float32 (float32 data, an .astype(np.float32), or "
+            f"jax.numpy under JAX's default float32 config). Compute both in float64 (cast the "
+            f"data with .astype(np.float64)), or let cost return its float32 value (then the "
+            f"twin is matched to float32 precision)."
+        )
+    return ""

@@ -17,12 +17,17 @@ __all__ = [
     "FD_USEFUL",
     "KINK_RATIO",
     "ROUNDING_SAFETY",
+    "CODES",
+    "STATUS_OF",
     "Opinions",
     "Status",
     "Tolerance",
     "classify",
     "epsilon",
+    "excess",
     "relative_difference",
+    "U64",
+    "rounding",
     "rounding_error",
     "rtol_for",
     "tolerance_excess",
@@ -42,6 +47,8 @@ class Status(str, enum.Enum):
     INCONCLUSIVE = "inconclusive"
     #: ``jax.grad`` of the twin disagrees with finite differences, which agree with backprop.
     TWIN = "twin"
+    #: backprop differs, and the user declared it an approximation (``expected=``): not judged.
+    DECLARED = "declared"
     #: A non-differentiable point; backprop is a valid (one-sided) subgradient there.
     KINK = "kink"
     #: The formula is right (its float64 re-run agrees); low-precision rounding explains the rest.
@@ -73,7 +80,9 @@ class Status(str, enum.Enum):
 _ORDER = list(Status)
 #: Probe class codes (int8 arrays), in the order of :class:`Status`.
 CODES = {status: code for code, status in enumerate(_ORDER)}
-BACKPROP, INCONCLUSIVE, TWIN, KINK, ROUNDING, FD_UNRELIABLE, OK = range(len(_ORDER))
+#: The status of each probe class code.
+STATUS_OF = tuple(_ORDER)
+BACKPROP, INCONCLUSIVE, TWIN, DECLARED, KINK, ROUNDING, FD_UNRELIABLE, OK = range(len(_ORDER))
 
 #: Relative tolerance on backprop vs autodiff for float64 (and wider) gradients.
 RTOL_FLOAT64 = 1e-7
@@ -99,7 +108,8 @@ KINK_RATIO = 0.8
 #: is believed; otherwise the probe is inconclusive.
 CLOSER = 10.0
 
-_U64 = float(np.finfo(np.float64).eps)
+#: float64's machine epsilon (the rounding unit of every twin evaluation).
+U64 = float(np.finfo(np.float64).eps)
 _U32 = float(np.finfo(np.float32).eps)
 
 
@@ -121,7 +131,7 @@ def rtol_for(dtype: np.dtype) -> float:
         1e-07
     """
     eps = epsilon(dtype)
-    if eps <= _U64:
+    if eps <= U64:
         return RTOL_FLOAT64
     return float(min(RTOL_CAP, RTOL_FLOAT32 * eps / _U32))
 
@@ -179,14 +189,27 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
     return num / den
 
 
-def rounding_error(j_up: Any, j_down: Any, h_total: Any, unit: float = _U64, xp: Any = np) -> Any:
+def rounding(magnitude: Any, h_total: Any, unit: float = U64) -> Any:
+    """The one rounding-error formula: ``c·u·|J| / h`` for cost values of size ``|J|``.
+
+    The error of a difference of two cost values of magnitude ``|J|`` computed with rounding
+    unit ``u``, divided by the step ``h_total`` (``1.0`` for the difference itself); ``c`` is
+    :data:`ROUNDING_SAFETY`.
+
+    Examples:
+        >>> float(rounding(1.0, 1.0)) == ROUNDING_SAFETY * U64
+        True
+    """
+    return ROUNDING_SAFETY * unit * magnitude / h_total
+
+
+def rounding_error(j_up: Any, j_down: Any, h_total: Any, unit: float = U64, xp: Any = np) -> Any:
     """Rounding error of a difference quotient ``(J_up − J_down) / h_total``.
 
     ``unit`` is the rounding unit the cost values were computed in (float64's by default);
     ``xp`` is ``numpy`` or ``jax.numpy``.
     """
-    mags = xp.maximum(xp.abs(j_up), xp.abs(j_down))
-    return ROUNDING_SAFETY * unit * mags / h_total
+    return rounding(xp.maximum(xp.abs(j_up), xp.abs(j_down)), h_total, unit)
 
 
 @dataclasses.dataclass
@@ -216,6 +239,15 @@ class Opinions:
     kink: np.ndarray
 
 
+def excess(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
+    """How far ``|a − b|`` exceeds the tolerance ``rtol·(|a| + |b|) + atol`` (≤ 0: within it).
+
+    ``xp`` is ``numpy`` or ``jax.numpy`` (for a screen computed on the device).
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        return xp.abs(a - b) - (rtol * (xp.abs(a) + xp.abs(b)) + atol)
+
+
 def close(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
     """``|a − b| ≤ rtol·(|a| + |b|) + atol``, elementwise; NaN and inf are never close.
 
@@ -229,8 +261,7 @@ def close(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
 def tolerance_excess(a: Any, b: Any, rtol: Any, atol: Any, xp: Any = np) -> Any:
     """How far ``|a − b|`` exceeds ``rtol·(|a| + |b|) + atol`` (≤ 0: :func:`close` when both
     are finite); +inf where the excess is NaN. ``xp`` is ``numpy`` or ``jax.numpy``."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        gap = xp.abs(a - b) - (rtol * (xp.abs(a) + xp.abs(b)) + atol)
+    gap = excess(a, b, rtol, atol, xp)
     return xp.where(xp.isnan(gap), xp.inf, gap)
 
 

@@ -16,14 +16,12 @@ import numpy as np
 from jaxcheck._engine.evaluate.finite_differences import Evaluation, Probe
 from jaxcheck._engine.evaluate.plan import Group, coordinate_probes, default_step
 from jaxcheck._engine.verdict import classify as vd
-from jaxcheck._engine.verdict.classify import Opinions, Status, Tolerance
+from jaxcheck._engine.verdict.classify import Opinions, Tolerance
 
-__all__ = ["Evidence", "MAX_REFINE", "collect", "leaf_status", "leaf_tolerance", "refinement"]
+__all__ = ["Evidence", "MAX_REFINE", "classes_of", "collect", "leaf_tolerance", "refinement"]
 
 #: Most entries per leaf re-evaluated (at ±h and ±2h) to settle a disagreement or find kinks.
 MAX_REFINE = 4096
-
-_U64 = float(np.finfo(np.float64).eps)
 
 #: Evaluates probe groups: ``(groups, double_steps) -> evaluations``, bound to the twin or the
 #: NumPy cost by the caller.
@@ -43,7 +41,6 @@ class Evidence:
         step: the largest step used in this leaf.
         batch_size: perturbations per vmapped batch.
         seed: the seed of the random directions.
-        joint: how many joint kink directions were tested, and how many failed.
     """
 
     coords: np.ndarray
@@ -54,7 +51,6 @@ class Evidence:
     step: float = 0.0
     batch_size: int = 0
     seed: int = 0
-    joint: tuple[int, int] = (0, 0)
 
 
 def _opinions(
@@ -147,7 +143,7 @@ def collect(
     evaluations: Sequence[Evaluation],
     value: float,
     backprop: Sequence[np.ndarray],
-    gradient: Sequence[np.ndarray],
+    gradient: Sequence[np.ndarray] | None,
     evidence: list[Evidence],
 ) -> None:
     """Adds the opinions of evaluated probe groups to each leaf's evidence (in place)."""
@@ -211,7 +207,7 @@ def leaf_tolerance(
     scale = float(np.max(np.abs(finite), initial=0.0))
     x = theta.reshape(-1)
     h = default_step(x) if eps is None else np.full(x.shape, float(eps))
-    noise = vd.ROUNDING_SAFETY * _U64 * abs(cost) / (2 * h)
+    noise = vd.rounding(abs(cost), 2 * h)
     atol = np.maximum(rtol * vd.ATOL_FRACTION * scale, noise)
     return Tolerance(
         rtol=rtol,
@@ -301,18 +297,3 @@ def classes_of(
         tol_d = dataclasses.replace(tol, atol=float(np.max(tol.atol, initial=0.0)))
         direction_classes = vd.classify(evidence.directions, tol_d, autodiff=autodiff)
     return classes, direction_classes
-
-
-def leaf_status(classes: np.ndarray, direction_classes: np.ndarray | None) -> Status:
-    """The most serious status among a leaf's entries and directions.
-
-    Directions speak for the twin (TWIN, FD_UNRELIABLE); whether backprop is wrong is settled
-    entry by entry, where every disagreeing entry has been probed.
-    """
-    code = int(classes.min(initial=vd.OK))
-    if direction_classes is not None and direction_classes.size:
-        for c in (vd.TWIN, vd.FD_UNRELIABLE, vd.KINK):
-            if code > c and np.any(direction_classes == c):
-                code = c
-                break
-    return list(Status)[code]

@@ -17,7 +17,7 @@ from jaxcheck._engine.evaluate.finite_differences import Evaluation, Probe
 from jaxcheck._engine.evaluate.plan import Group, default_step
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Tolerance
-from jaxcheck._engine.verdict.evidence import Evidence
+from jaxcheck._engine.verdict.status import JointKinks, LeafRecord
 
 __all__ = ["MAX_KINKS", "NEIGHBOURS", "RANDOM_PATTERNS", "joint_kink_test"]
 
@@ -27,8 +27,6 @@ MAX_KINKS = 512
 NEIGHBOURS = 8
 #: Random sign patterns per cluster, besides the all-ones direction.
 RANDOM_PATTERNS = 8
-
-_U64 = float(np.finfo(np.float64).eps)
 
 Evaluate = Callable[[Sequence[Group]], list[Evaluation]]
 
@@ -69,86 +67,103 @@ def _clusters(n: int, pairs: np.ndarray, linked: np.ndarray) -> list[np.ndarray]
 
 
 def joint_kink_test(
-    evaluate: Evaluate,
-    leaves: Sequence[np.ndarray],
-    backprop: Sequence[np.ndarray],
-    classes: Sequence[np.ndarray],
-    evidence: Sequence[Evidence],
-    tolerances: Sequence[Tolerance],
-    value: float,
-    seed: int,
-) -> None:
-    """Tests each leaf's kink entries jointly; failing clusters become BACKPROP (in place).
+    evaluate: Evaluate, records: Sequence[LeafRecord], value: float, seed: int
+) -> dict[int, JointKinks]:
+    """Tests each leaf's kink entries jointly; returns the findings per leaf index.
 
-    Records ``(directions tested, directions failed)`` in each leaf's ``Evidence.joint``.
+    A leaf whose kink entries interact gets :class:`JointKinks` (directions tested, failed, and
+    the entries of the clusters that failed, which are not a subgradient together).
     """
-    work = []
-    for i, cls in enumerate(classes):
-        e = evidence[i]
-        kink = np.flatnonzero(cls == vd.KINK)[:MAX_KINKS]
-        if kink.size < 2 or e.op is None:
-            continue
-        at = np.searchsorted(e.coords, kink)
-        if np.any(at >= e.coords.size) or np.any(
-            e.coords[np.minimum(at, e.coords.size - 1)] != kink
-        ):
-            continue  # a kink entry without its own one-sided slopes: nothing to compare
-        h = default_step(leaves[i].reshape(-1)[kink])
-        pairs = np.array(
-            [
-                (a, b)
-                for a in range(kink.size)
-                for b in range(a + 1, min(kink.size, a + 1 + NEIGHBOURS))
-            ]
-        )
-        rows = np.zeros((2 * len(pairs), kink.size))
-        for k, (a, b) in enumerate(pairs):
-            rows[2 * k, [a, b]] = (1.0, 1.0)
-            rows[2 * k + 1, [a, b]] = (1.0, -1.0)
-        work.append((i, kink, at, h, pairs, rows))
+    work = [w for w in (_pairs(i, r) for i, r in enumerate(records)) if w is not None]
     if not work:
-        return
+        return {}
     # Stage 1: which kinks interact.
     evals = evaluate(
-        [_vector_group(i, leaves[i].size, rows, kink, h) for i, kink, _, h, _, rows in work]
+        [_vector_group(i, records[i].theta.size, rows, kink, h) for i, kink, _, h, _, rows in work]
     )
     stage2, meta = [], []
     for (i, kink, at, h, pairs, rows), ev in zip(work, evals):
-        op = evidence[i].op
-        plus, minus = _additive(op, rows, h, at)
-        rounding = vd.ROUNDING_SAFETY * _U64 * max(float(np.max(np.abs(ev.up))), abs(value))
-        margin = 8 * rounding + np.abs(rows * h) @ op.slope_error[at]
-        got_plus, got_minus = ev.up - value, value - ev.down
-        interacts = (np.abs(got_plus - plus) > margin) | (np.abs(got_minus - minus) > margin)
-        linked = interacts.reshape(-1, 2).any(axis=1)
-        clusters = _clusters(kink.size, pairs, linked)
+        clusters = _interacting(records[i].evidence.op, ev, value, kink, at, h, pairs, rows)
         if not clusters:
             continue
-        rng = np.random.default_rng([seed, i, 7])
-        patterns, owners = [], []
-        for c, members in enumerate(clusters):
-            block = [np.ones(members.size)]
-            block += [rng.choice([-1.0, 1.0], size=members.size) for _ in range(RANDOM_PATTERNS)]
-            for row in block:
-                full = np.zeros(kink.size)
-                full[members] = row
-                patterns.append(full)
-                owners.append(c)
-        patterns = np.array(patterns)
+        patterns, owners = _patterns(clusters, kink.size, np.random.default_rng([seed, i, 7]))
         # Each direction at δ and 2δ: the change between them measures the curvature.
         stage2.append(
-            _vector_group(i, leaves[i].size, np.concatenate([patterns, 2 * patterns]), kink, h)
+            _vector_group(
+                i, records[i].theta.size, np.concatenate([patterns, 2 * patterns]), kink, h
+            )
         )
-        meta.append((i, kink, h, clusters, patterns, np.array(owners)))
-    if not stage2:
-        return
+        meta.append((i, kink, h, clusters, patterns, owners))
+    findings = {}
     # Stage 2: each cluster along directions spanning it.
-    for ev, (i, kink, h, clusters, patterns, owners) in zip(evaluate(stage2), meta):
-        bp = backprop[i].astype(np.float64).reshape(-1)
-        failed = _violations(ev, value, bp[kink], patterns * h, tolerances[i], kink)
-        evidence[i].joint = (int(failed.size), int(failed.sum()))
-        for c in np.unique(owners[failed]):
-            classes[i][kink[clusters[c]]] = vd.BACKPROP
+    for ev, (i, kink, h, clusters, patterns, owners) in zip(
+        evaluate(stage2) if stage2 else [], meta
+    ):
+        r = records[i]
+        failed = _violations(ev, value, r.backprop64[kink], patterns * h, r.tolerance, kink)
+        wrong = [kink[clusters[c]] for c in np.unique(owners[failed])]
+        findings[i] = JointKinks(
+            int(failed.size),
+            int(failed.sum()),
+            np.concatenate(wrong) if wrong else np.zeros(0, np.int64),
+        )
+    return findings
+
+
+def _pairs(i: int, record: LeafRecord) -> tuple | None:
+    """A leaf's kink entries and the pairs of them to test for interaction (stage 1)."""
+    e = record.evidence
+    kink = np.flatnonzero(record.classes == vd.KINK)[:MAX_KINKS]
+    if kink.size < 2 or e.op is None:
+        return None
+    at = np.searchsorted(e.coords, kink)
+    if np.any(at >= e.coords.size) or np.any(e.coords[np.minimum(at, e.coords.size - 1)] != kink):
+        return None  # a kink entry without its own one-sided slopes: nothing to compare
+    h = default_step(record.theta.reshape(-1)[kink])
+    pairs = np.array(
+        [(a, b) for a in range(kink.size) for b in range(a + 1, min(kink.size, a + 1 + NEIGHBOURS))]
+    )
+    rows = np.zeros((2 * len(pairs), kink.size))
+    for k, (a, b) in enumerate(pairs):
+        rows[2 * k, [a, b]] = (1.0, 1.0)
+        rows[2 * k + 1, [a, b]] = (1.0, -1.0)
+    return i, kink, at, h, pairs, rows
+
+
+def _interacting(
+    op: vd.Opinions,
+    ev: Evaluation,
+    value: float,
+    kink: np.ndarray,
+    at: np.ndarray,
+    h: np.ndarray,
+    pairs: np.ndarray,
+    rows: np.ndarray,
+) -> list[np.ndarray]:
+    """Clusters of kink entries whose joint moves are not the sum of their own moves."""
+    plus, minus = _additive(op, rows, h, at)
+    rounding = vd.rounding(max(float(np.max(np.abs(ev.up))), abs(value)), 1.0)
+    margin = 8 * rounding + np.abs(rows * h) @ op.slope_error[at]
+    got_plus, got_minus = ev.up - value, value - ev.down
+    interacts = (np.abs(got_plus - plus) > margin) | (np.abs(got_minus - minus) > margin)
+    linked = interacts.reshape(-1, 2).any(axis=1)
+    return _clusters(kink.size, pairs, linked)
+
+
+def _patterns(
+    clusters: list[np.ndarray], size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The all-ones and random sign patterns spanning each cluster, and the cluster of each."""
+    patterns, owners = [], []
+    for c, members in enumerate(clusters):
+        block = [np.ones(members.size)]
+        block += [rng.choice([-1.0, 1.0], size=members.size) for _ in range(RANDOM_PATTERNS)]
+        for row in block:
+            full = np.zeros(size)
+            full[members] = row
+            patterns.append(full)
+            owners.append(c)
+    return np.array(patterns), np.array(owners)
 
 
 def _violations(
@@ -165,7 +180,7 @@ def _violations(
     up_2, down_2 = (ev.up[k:] - value) / 2, (value - ev.down[k:]) / 2
     curvature = np.maximum(np.abs(up_2 - up), np.abs(down_2 - down))
     values = np.abs(np.concatenate([ev.up, ev.down]))
-    rounding = vd.ROUNDING_SAFETY * _U64 * max(float(np.max(values)), abs(value))
+    rounding = vd.rounding(max(float(np.max(values)), abs(value)), 1.0)
     atol = tol.atol[kink] if np.ndim(tol.atol) else np.full(kink.size, tol.atol)
     margin = 8 * rounding + curvature + (tol.rtol * np.abs(g) + atol) @ np.abs(displacement.T)
     product = displacement @ g
