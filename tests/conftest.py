@@ -18,29 +18,36 @@ import jaxcheck
 from jaxcheck import lesson as classic
 
 # Tests that take several seconds each on a 2-core machine (compile-heavy checks, subprocesses),
-# by file, then test function name (every parametrisation of it) or one test's full name.
+# by file (its path under tests/), then test function name (every parametrisation of it) or one
+# test's full name.
 SLOW = {
-    "test_integrity.py": {
-        "test_300_small_leaves_full_check_finds_the_one_bug",
+    "integrity/test_many_leaves.py": {"test_300_small_leaves_full_check_finds_the_one_bug"},
+    "integrity/test_precision.py": {
         "test_float32_zoo_models_pass_and_fail_as_declared",
-        "test_temperature_scale_leaf_float32_gradient_doubled_fails",
-        "test_nan_in_entries_the_method_does_not_probe_still_fails",
-        "test_dead_units_keep_passing",
         "test_bfloat16_params_are_checked",
-        "test_float32_sigmoid_derivative_overflow_is_nan_and_fails",
         "test_float64_rtol_is_1e7",
         "test_float16_correct_passes_and_three_percent_off_fails",
+    },
+    "integrity/test_floors.py": {
+        "test_temperature_scale_leaf_float32_gradient_doubled_fails",
+        "test_dead_units_keep_passing",
+    },
+    "integrity/test_nonfinite.py": {
+        "test_nan_in_entries_the_method_does_not_probe_still_fails",
+        "test_float32_sigmoid_derivative_overflow_is_nan_and_fails",
+    },
+    "integrity/test_twin_refusals.py": {
         "test_unfaithful_twins_are_refused_float64",
         "test_unfaithful_twins_are_refused_float32",
     },
-    "test_check_zoo.py": {"test_zoo_float32_correct_passes_and_bugs_are_found"},
+    "engine/doors/test_check_zoo.py": {"test_zoo_float32_correct_passes_and_bugs_are_found"},
     "test_models.py": {
         "test_backprop_equals_autodiff[relu_mlp]",
         "test_backprop_equals_autodiff[tanh_mlp]",
         "test_other_sizes[relu_mlp]",
         "test_make_gives_fresh_arrays_and_nothing_mutates_params[dropout_lesson]",
     },
-    "test_properties.py": {
+    "engine/verdict/test_properties.py": {
         f"test_random_models_methods_never_contradict_full[{k}]" for k in range(4, 8)
     },
     "test_cli.py": {  # each starts Python processes that import JAX
@@ -56,9 +63,14 @@ SLOW = {
 }
 
 
+TESTS = Path(__file__).resolve().parent
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        slow = SLOW.get(Path(str(item.fspath)).name, set())
+        where = Path(str(item.fspath)).resolve()
+        name = where.relative_to(TESTS).as_posix() if TESTS in where.parents else where.name
+        slow = SLOW.get(name, set())
         if item.name in slow or item.name.split("[")[0] in slow:
             item.add_marker(pytest.mark.slow)
 

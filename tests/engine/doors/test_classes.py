@@ -360,7 +360,7 @@ def test_objects_and_containers_held_by_the_object_are_restored_too():
 class AliasedNet:
     """Keeps copies of its arrays in layer objects: replacing self.params changes nothing.
 
-    (References to the same arrays are perturbed with them: see tests/test_object.py.)
+    (References to the same arrays are perturbed with them: see tests/engine/doors/test_object.py.)
     """
 
     def __init__(self):

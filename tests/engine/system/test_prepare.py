@@ -76,7 +76,7 @@ def test_a_twin_that_computes_in_float32_is_refused_and_says_so():
 
     with pytest.raises(jc.ReimplementationError, match="computes in float32 or narrower") as info:
         jc.check(cost, grad, PARAMS, jax_cost=twin32)
-    assert "astype" in str(info.value) and "test_system.py" in str(info.value)
+    assert "astype" in str(info.value) and "test_prepare.py" in str(info.value)
 
 
 def test_a_faithful_twin_is_not_refused_for_rounding_in_large_cancelling_sums():
