@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from realistic.layers import (
+    affine_backward,
+    affine_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+)
+from realistic.losses import softmax_loss
+from realistic.nets import sigmoid, sigmoid_prime
 
 import jaxcheck as jc
 
 # --------------------------------------------------------------------------------------------
 # Lists of weights and biases, per-example backprop
 # --------------------------------------------------------------------------------------------
-
-
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def sigmoid_prime(z):
-    return sigmoid(z) * (1 - sigmoid(z))
 
 
 class Network:
@@ -162,34 +162,6 @@ def test_attribute_order_must_match_the_gradient_tuple():
 # --------------------------------------------------------------------------------------------
 # A params dict and loss(X, y) -> (loss, grads)
 # --------------------------------------------------------------------------------------------
-
-
-def affine_forward(x, w, b):
-    return x.reshape(x.shape[0], -1).dot(w) + b, (x, w, b)
-
-
-def affine_backward(dout, cache):
-    x, w, b = cache
-    return dout.dot(w.T).reshape(x.shape), x.reshape(x.shape[0], -1).T.dot(dout), dout.sum(0)
-
-
-def affine_relu_forward(x, w, b):
-    a, fc_cache = affine_forward(x, w, b)
-    return np.maximum(0, a), (fc_cache, a)
-
-
-def affine_relu_backward(dout, cache):
-    fc_cache, a = cache
-    return affine_backward(dout * (a > 0), fc_cache)
-
-
-def softmax_loss(x, y):
-    shifted = x - x.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    N = x.shape[0]
-    dx = np.exp(log_probs)
-    dx[np.arange(N), y] -= 1
-    return -log_probs[np.arange(N), y].mean(), dx / N
 
 
 class TwoLayerNet:
