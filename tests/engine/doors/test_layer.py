@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from realistic.layers import affine_backward, affine_forward, dropout_backward
+from realistic.layers import (
+    affine_backward,
+    affine_forward,
+    conv_forward_naive,
+    dropout_backward,
+    max_pool_forward_naive,
+)
 
 import jaxcheck as jc
 
@@ -172,23 +178,6 @@ def dropout_backward_unscaled(dout, cache):
     return dout * (mask > 0)  # bug: the 1/p of inverted dropout is forgotten
 
 
-def conv_forward_naive(x, w, b, conv_param):
-    stride, pad = conv_param["stride"], conv_param["pad"]
-    N, C, H, W = x.shape
-    F, _, HH, WW = w.shape
-    H_out = 1 + (H + 2 * pad - HH) // stride
-    W_out = 1 + (W + 2 * pad - WW) // stride
-    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-    out = np.zeros((N, F, H_out, W_out))
-    for n in range(N):
-        for f in range(F):
-            for i in range(H_out):
-                for j in range(W_out):
-                    window = x_pad[n, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
-                    out[n, f, i, j] = np.sum(window * w[f]) + b[f]
-    return out, (x, w, b, conv_param)
-
-
 def conv_backward_naive(dout, cache, accumulate_dw=True):
     x, w, b, conv_param = cache
     stride, pad = conv_param["stride"], conv_param["pad"]
@@ -213,20 +202,6 @@ def conv_backward_naive(dout, cache, accumulate_dw=True):
                     dx_pad[n, :, hs : hs + HH, ws : ws + WW] += w[f] * dout[n, f, i, j]
     dx = dx_pad[:, :, pad : pad + H, pad : pad + W]
     return dx, dw, db
-
-
-def max_pool_forward_naive(x, pool_param):
-    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
-    N, C, H, W = x.shape
-    H_out, W_out = 1 + (H - ph) // stride, 1 + (W - pw) // stride
-    out = np.zeros((N, C, H_out, W_out))
-    for n in range(N):
-        for c in range(C):
-            for i in range(H_out):
-                for j in range(W_out):
-                    window = x[n, c, i * stride : i * stride + ph, j * stride : j * stride + pw]
-                    out[n, c, i, j] = np.max(window)
-    return out, (x, pool_param)
 
 
 def max_pool_backward_naive(dout, cache, average=False):
