@@ -1,5 +1,5 @@
-"""Verdict integrity, no trace left: the user's arrays and global state are left as they
-were.
+"""Verdict integrity, no trace left: the user's arrays, JAX's config and NumPy's state
+are left as they were.
 """
 
 from __future__ import annotations

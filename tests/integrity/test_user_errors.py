@@ -1,5 +1,5 @@
-"""Verdict integrity, errors: bad options, params and twins, and the user's own
-exceptions, each a clear JaxcheckError (or the user's error, unwrapped).
+"""Verdict integrity, errors: bad options, params and twins, and the user's own exceptions,
+each a clear JaxcheckError naming the file and line; and checks under ``jax_disable_jit``.
 """
 
 from __future__ import annotations
