@@ -25,12 +25,14 @@ def grad(p):
     return {"w": (2 * t * (1 - t**2)) @ X.T}
 
 
-def hinge(p):  # a Python `if` on a value computed from the parameters: no port
-    total = 0.0
-    for z in (p["w"] @ X).ravel():
-        if z > 0:
-            total += z
-    return total
+def _hinge_term(z):  # a branch that returns, on a value computed from the parameters: no port
+    if z > 0:
+        return z
+    return 0.0
+
+
+def hinge(p):
+    return float(sum(_hinge_term(z) for z in (p["w"] @ X).ravel()))
 
 
 def hinge_grad(p):

@@ -24,7 +24,7 @@ from jaxcheck.port._runtime import call as _call
 from jaxcheck.port._runtime import ported as _ported
 from jaxcheck.port._user import is_user_function as is_user_function
 
-__all__ = ["port"]
+__all__ = ["port", "view_writes"]
 
 try:  # JAX's source information (and tracebacks) then point at the user's lines, not ours
     from jax._src import source_info_util as _source_info

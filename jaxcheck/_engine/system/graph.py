@@ -40,6 +40,7 @@ __all__ = [
     "ties",
     "tuple_index",
     "walk",
+    "put",
 ]
 
 # How deep below the object the walk looks, and how many containers and objects it visits.

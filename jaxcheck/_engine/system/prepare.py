@@ -30,7 +30,13 @@ from jaxcheck.errors import (
     user_code_error,
 )
 
-__all__ = ["System", "check_twin", "prepare"]
+__all__ = [
+    "System",
+    "check_twin",
+    "prepare",
+    "call_user",
+    "rerun",
+]
 
 #: Relative difference of the cost between two identical NumPy calls that counts as randomness.
 NONDETERMINISM_RTOL = 1e-12

@@ -31,6 +31,11 @@ __all__ = [
     "rounding_error",
     "rtol_for",
     "tolerance_excess",
+    "backprop_agrees",
+    "close",
+    "decisive_two_way",
+    "kinks",
+    "suspicious",
 ]
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "diagnose",
     "dimensions_of",
     "facts_of",
+    "diagnose_leaf",
 ]
 
 #: A fitted model may leave at most this fraction of ‖backprop − reference‖ unexplained.

@@ -3,7 +3,8 @@
 A NumPy cost with float64 params that casts to float32 in the middle (or whose loss is cast to
 float32) is judged at float32's precision against the same formula run in float64, and the
 report says so; a twin/cost mismatch the size of float32 rounding says "float32"; a cost in the
-subnormal range names XLA's flush-to-zero.
+subnormal range names XLA's flush-to-zero when the twin is compiled (small checks, evaluated
+with NumPy, judge it).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def test_a_mismatch_the_size_of_float32_rounding_says_float32_and_what_to_do():
     assert ".astype(np.float64)" in str(info.value)
 
 
-def test_a_cost_in_the_subnormal_range_names_flush_to_zero():
+def _subnormal():
     scale = 1e-300
 
     def cost(p):
@@ -91,9 +92,20 @@ def test_a_cost_in_the_subnormal_range_names_flush_to_zero():
     def grad(p):
         return {"w": scale * 2 * p["w"] * 1e-10}
 
+    return cost, grad, {"w": np.array([0.5, 1.5])}
+
+
+def test_a_cost_in_the_subnormal_range_names_flush_to_zero():
+    cost, grad, params = _subnormal()
     with pytest.raises(jc.ReimplementationError, match="flush-to-zero") as info:
-        jc.check(cost, grad, {"w": np.array([0.5, 1.5])})
+        jc.check(cost, grad, params, compile=True)  # XLA's program flushes subnormals to zero
     assert "subnormal" in str(info.value)
+
+
+def test_a_small_subnormal_check_is_judged_in_numpy():
+    cost, grad, params = _subnormal()  # small checks are evaluated with NumPy: no flush-to-zero
+    assert jc.check(cost, grad, params).ok
+    assert jc.check(cost, lambda p: {"w": 3 * grad(p)["w"]}, params).failing == ["w"]
 
 
 def test_a_subnormal_cost_is_judged_two_way_in_numpy():
