@@ -170,30 +170,22 @@ def _draw_differences(ax: Any, leaves: list[Any], failing: np.ndarray) -> None:
         label="tolerance",
         zorder=2,
     )
-    fd_colours = np.where(failing, _RED, _FD_COLOUR)
-    ad_colours = np.where(failing, _RED, _AD_COLOUR)
-    ax.scatter(
-        x - 0.12,
-        fd,
-        marker="o",
-        s=52,
-        c=list(fd_colours),
-        edgecolors="k",
-        linewidths=0.5,
-        label="backprop vs finite differences",
-        zorder=3,
+    opinions = (
+        (-0.12, fd, "o", 52, _FD_COLOUR, "backprop vs finite differences"),
+        (0.12, ad, "s", 46, _AD_COLOUR, "backprop vs autodiff"),
     )
-    ax.scatter(
-        x + 0.12,
-        ad,
-        marker="s",
-        s=46,
-        c=list(ad_colours),
-        edgecolors="k",
-        linewidths=0.5,
-        label="backprop vs autodiff",
-        zorder=3,
-    )
+    for shift, values, marker, size, colour, label in opinions:
+        ax.scatter(
+            x + shift,
+            values,
+            marker=marker,
+            s=size,
+            c=list(np.where(failing, _RED, colour)),
+            edgecolors="k",
+            linewidths=0.5,
+            label=label,
+            zorder=3,
+        )
     ax.axhline(FLOOR, color="0.6", linestyle=":", linewidth=0.8, zorder=0)
     ax.text(
         0.005,

@@ -265,6 +265,29 @@ class Report:
             lines.append(self.diagnosis.sentence)
         return "\n".join([f"Gradient WRONG in {', '.join(self.failing)}.", *lines])
 
+    def _head(
+        self, notes: list[str], *, subject: str, disagree: str, twin: str, agrees: str
+    ) -> str:
+        """The first sentence of a verdict in a door's own words (``check_hvp``, ``check_rule``).
+
+        Args:
+            notes: the sentences that follow it.
+            subject: what is judged, as the sentence opens it (``"Hessian-vector product"``).
+            disagree: who disagrees where finite differences cannot settle it.
+            twin: the whole sentence where only the reference is wrong.
+            agrees: who the subject agrees with, where it is correct.
+        """
+        if self.failing:
+            return f"{subject} WRONG in {', '.join(self.failing)}."
+        if self.inconclusive:
+            return (
+                f"{subject} NOT VERIFIED in {', '.join(self.inconclusive)}: {disagree} there and "
+                f"finite differences cannot tell which is right."
+            )
+        if any(leaf.status == Status.TWIN for leaf in self.leaves.values()):
+            return twin
+        return f"{subject} correct: {agrees}" + (" (notes below)." if notes else ".")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the whole report."""
         return {

@@ -200,6 +200,17 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_command(commands: Any, name: str, help: str, description: str) -> Any:
+    """A subcommand that runs a check: its description, then the epilog every check shares."""
+    return commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``jaxcheck``: ``args.command`` names the subcommand, or is ``None``."""
     parser = _Parser(
@@ -218,12 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "reports on the buggy and the fixed backprop, and why the false alarm is rounding.",
     )
 
-    check = commands.add_parser(
-        "check",
-        help="check a hand-written gradient from your own files",
-        description=_CHECK_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    check = _check_command(
+        commands, "check", "check a hand-written gradient from your own files", _CHECK_DESCRIPTION
     )
     check.add_argument("cost", metavar="COST", help="the NumPy cost: FILE.py:NAME or MODULE:NAME")
     check.add_argument(
@@ -241,12 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_check_options(check)
 
-    layer = commands.add_parser(
+    layer = _check_command(
+        commands,
         "check-layer",
-        help="check the hand-written backward pass of one layer",
-        description=_CHECK_LAYER_DESCRIPTION,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "check the hand-written backward pass of one layer",
+        _CHECK_LAYER_DESCRIPTION,
     )
     layer.add_argument("forward", metavar="FORWARD", help="forward(*args) -> out | (out, cache)")
     layer.add_argument(

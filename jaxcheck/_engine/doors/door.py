@@ -9,6 +9,8 @@
   found;
 - with several processes, the check runs in all of them or fails in all of them
   (:func:`jaxcheck._engine.evaluate.meetings.together`).
+
+And what every ``assert_`` door does on exit: :func:`passing`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 
 from jaxcheck._engine.evaluate.meetings import together
 from jaxcheck._engine.keywords import known_options
+from jaxcheck.errors import GradientError
 
-__all__ = ["door", "own_config"]
+if TYPE_CHECKING:
+    from jaxcheck.report import Report
+
+__all__ = ["door", "own_config", "passing"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_R = TypeVar("_R", bound="Report")
 
 
 @contextmanager
@@ -57,3 +64,15 @@ def door(name: str, *passes_to: Callable[..., Any]) -> Callable[[_F], _F]:
         return together(name)(known_options(name, *passes_to)(scoped))  # type: ignore[return-value]
 
     return wrap
+
+
+def passing(report: _R) -> _R:
+    """The report of an ``assert_`` door: returned where it is ok, raised otherwise.
+
+    Raises:
+        GradientError: an ``AssertionError`` whose message is the report's text; also for an
+            inconclusive check, which verifies nothing.
+    """
+    if not report.ok:
+        raise GradientError(str(report), report)
+    return report

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -23,7 +22,7 @@ from typing import Any, cast
 import jax
 import numpy as np
 
-from jaxcheck._engine.doors.door import door
+from jaxcheck._engine.doors.door import door, passing
 from jaxcheck._engine.doors.product_report import HvpReport, _report, _Tally
 from jaxcheck._engine.evaluate.products import (
     SPECS,
@@ -33,14 +32,15 @@ from jaxcheck._engine.evaluate.products import (
     gradient_rounding,
     tolerance_floor,
 )
+from jaxcheck._engine.evaluate.programs import terminal_bar
 from jaxcheck._engine.keywords import reject_unknown
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.params import Leaves, match_gradient
 from jaxcheck._engine.system.prepare import System, prepare
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Opinions, Tolerance
+from jaxcheck._engine.verdict.evidence import Rounding, add_double, difference_opinions
 from jaxcheck.errors import (
-    GradientError,
     InputError,
     JaxcheckError,
     NondeterminismError,
@@ -241,10 +241,7 @@ def assert_hvp(cost: Callable, hvp: Callable, params: Any, **options: Any) -> Hv
         GradientError ['w']
     """
     reject_unknown("assert_hvp", options, _OPTIONS)
-    report = check_hvp(cost, hvp, params, **options)
-    if not report.ok:
-        raise GradientError(str(report), report)
-    return report
+    return passing(check_hvp(cost, hvp, params, **options))
 
 
 def check_product(
@@ -314,11 +311,9 @@ def check_product(
 
 
 def _progress(progress: bool | None, count: int, chunks: int) -> Any:
-    if progress is False or (progress is None and (chunks < 2 or not sys.stderr.isatty())):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=count, desc="jaxcheck (hvp directions)", unit="dir", file=sys.stderr)
+    return terminal_bar(
+        progress, count, worth=chunks >= 2, desc="jaxcheck (hvp directions)", unit="dir"
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -584,8 +579,11 @@ def _probe_w(
     for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         n, ad = b - a, exact.along_w[a:b]
         h = np.full(n, h_w)
-        op = _opinions(ad, ad, up[a:b], down[a:b], exact.g0[a:b], h, float(floor[i]))
-        _add_double(op, up2[a:b], down2[a:b], exact.g0[a:b], h, float(floor[i]))
+        g0, rounding = exact.g0[a:b], _rounding(float(floor[i]))
+        op = difference_opinions(ad, ad, up[a:b], down[a:b], h, h, g0, rounding)
+        add_double(
+            op, difference_opinions(ad, ad, up2[a:b], down2[a:b], 2 * h, 2 * h, g0, rounding)
+        )
         scale = float(np.max(np.abs(ad), initial=0.0)) if np.all(np.isfinite(ad)) else 0.0
         atol, fd_atol = tolerance_floor(
             rtols[i : i + 1], np.array([[scale]]), floor[i : i + 1], np.array([h_w])
@@ -725,27 +723,28 @@ def _judge_chunk(
     for i, (flat, a, b) in enumerate(_spans(picks, edges)):
         n = b - a
         r, j = np.divmod(flat, n)
-        op = _opinions(
+        h, rounding = steps[r], _rounding(float(chunk.floor[i]))
+        op = difference_opinions(
             user[r, a + j],
             chunk.exact[r, a + j],
             chunk.up[r, a + j],
             chunk.down[r, a + j],
+            h,
+            h,
             chunk.g0[a + j],
-            steps[r],
-            float(chunk.floor[i]),
+            rounding,
         )
         if up2 is not None and down2 is not None:
             at = r if refined is None else refined[r]
             has = at >= 0
             sub = _take(op, has)
-            _add_double(
-                sub,
-                up2[at[has], a + j[has]],
-                down2[at[has], a + j[has]],
-                chunk.g0[a + j[has]],
-                steps[r[has]],
-                float(chunk.floor[i]),
+            h2 = 2 * steps[r[has]]
+            up_2h, down_2h = up2[at[has], a + j[has]], down2[at[has], a + j[has]]
+            g0 = chunk.g0[a + j[has]]
+            double = difference_opinions(
+                sub.backprop, sub.autodiff, up_2h, down_2h, h2, h2, g0, rounding
             )
+            add_double(sub, double)
             _put(op, sub, has)
         tol = Tolerance(
             rtol=float(rtols[i]),
@@ -763,61 +762,9 @@ def _spans(picks: list[np.ndarray], edges: Sequence[int]) -> list[tuple[np.ndarr
     return [(p, int(a), int(b)) for p, a, b in zip(picks, edges[:-1], edges[1:])]
 
 
-def _opinions(
-    bp: np.ndarray,
-    ad: np.ndarray,
-    up: np.ndarray,
-    down: np.ndarray,
-    g0: np.ndarray,
-    h: np.ndarray,
-    floor: float,
-) -> Opinions:
-    """The opinions on some entries from the gradient at θ ± h·v (rounding error only)."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        finite = (up - down) / (2 * h)
-        slope_up = (up - g0) / h
-        slope_down = (g0 - down) / h
-    error = gradient_rounding(up, down, floor, 2 * h)
-    return Opinions(
-        bp,
-        ad,
-        finite,
-        slope_up,
-        slope_down,
-        error.copy(),
-        error,
-        4 * error,
-        np.zeros(bp.size, bool),
-    )
-
-
-def _add_double(
-    op: Opinions,
-    up2: np.ndarray,
-    down2: np.ndarray,
-    g0: np.ndarray,
-    h: np.ndarray,
-    floor: float,
-) -> None:
-    """Truncation error, the one-sided slopes at 2h and kinks of the gradient (in place)."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        finite_2h = (up2 - down2) / (4 * h)
-        slope_up_2h = (up2 - g0) / (2 * h)
-        slope_down_2h = (g0 - down2) / (2 * h)
-        # As in the gradient path (verdict.evidence): Richardson would divide by 3 for a smooth
-        # gradient; undivided, the change between h and 2h also bounds noise that does not
-        # scale like h².
-        truncation = np.abs(finite_2h - op.finite)
-    rounding_2h = gradient_rounding(up2, down2, floor, 4 * h)
-    op.error = op.rounding + truncation + rounding_2h
-    # Where the gradient has a kink (ReLU², max) or a jump (ReLU, abs) within θ ± 2h·v, the gap
-    # between the one-sided slopes does not grow with the step as it does where it is smooth.
-    op.kink = vd.kinks(op.slope_up, op.slope_down, slope_up_2h, slope_down_2h, op.rounding)
-    op.slope_error = (
-        np.maximum(np.abs(slope_up_2h - op.slope_up), np.abs(slope_down_2h - op.slope_down))
-        + 4 * op.rounding
-        + 2 * rounding_2h
-    )
+def _rounding(floor: float) -> Rounding:
+    """How gradient entries round: relative to their leaf's largest entry ``floor`` at least."""
+    return lambda up, down, h_total: gradient_rounding(up, down, floor, h_total)
 
 
 def _take(op: Opinions, mask: np.ndarray) -> Opinions:

@@ -193,22 +193,16 @@ class HvpReport(Report):
         """The verdict in words, one sentence per finding."""
         notes = [leaf.message for leaf in self.leaves.values() if leaf.message]
         noun = self.noun
-        if self.failing:
-            head = f"{self.title} WRONG in {', '.join(self.failing)}."
-        elif self.inconclusive:
-            head = (
-                f"{self.title} NOT VERIFIED in {', '.join(self.inconclusive)}: {noun} and the "
-                f"exact product disagree there and finite differences cannot tell which is right."
-            )
-        elif any(leaf.status == Status.TWIN for leaf in self.leaves.values()):
-            head = (
+        head = self._head(
+            notes,
+            subject=self.title,
+            disagree=f"{noun} and the exact product disagree",
+            twin=(
                 f"{noun} agrees with finite differences of the gradient, but the exact product "
                 f"of the JAX twin does not: fix the twin; {noun} is not blamed."
-            )
-        else:
-            head = f"{self.title} correct: {noun} agrees with {self.witnesses}" + (
-                " (notes below)." if notes else "."
-            )
+            ),
+            agrees=f"{noun} agrees with {self.witnesses}",
+        )
         return "\n".join([head, *notes])
 
     def _header(self) -> str:

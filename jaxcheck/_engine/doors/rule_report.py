@@ -81,21 +81,16 @@ class RuleReport(Report):
                 else "it agrees with the derivative"
             )
             head = f"Surrogate rule: not judged. {subject} is a surrogate by design; {found}."
-        elif self.failing:
-            head = f"{subject} is WRONG in {', '.join(self.failing)}."
-        elif self.inconclusive:
-            head = (
-                f"{subject} is NOT VERIFIED in {', '.join(self.inconclusive)}: it disagrees with "
-                f"{self.witness} there and finite differences cannot tell which is right."
-            )
-        elif any(leaf.status == Status.TWIN for leaf in self.leaves.values()):
-            head = (
-                f"{subject} agrees with finite differences, but {self.witness} does not: fix "
-                f"the reference; the rule is not blamed."
-            )
         else:
-            head = f"{subject} is correct: it agrees with {witnesses}" + (
-                " (notes below)." if notes else "."
+            head = self._head(
+                notes,
+                subject=f"{subject} is",
+                disagree=f"it disagrees with {self.witness}",
+                twin=(
+                    f"{subject} agrees with finite differences, but {self.witness} does not: fix "
+                    f"the reference; the rule is not blamed."
+                ),
+                agrees=f"it agrees with {witnesses}",
             )
         return "\n".join([head, *notes])
 

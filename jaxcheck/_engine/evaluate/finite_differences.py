@@ -26,6 +26,7 @@ from jaxcheck._engine.evaluate.compile_cache import enabled
 from jaxcheck._engine.evaluate.incremental import perturbed_cost
 from jaxcheck._engine.evaluate.programs import fast, group_cost, program, progress_bar
 from jaxcheck._engine.system.twin import Twin
+from jaxcheck._engine.verdict.classify import U64
 
 __all__ = [
     "DEFAULT_CPU_BUDGET",
@@ -111,7 +112,7 @@ class Evaluation:
     projected_autodiff: np.ndarray | None
     projected_backprop: np.ndarray | None
     batch_size: int
-    unit: float = float(np.finfo(np.float64).eps)
+    unit: float = U64
 
 
 def default_memory_budget(devices: Sequence[Any] | None = None) -> int:

@@ -6,7 +6,6 @@ as the batched evaluation of the twin, but each point is a call into the user's 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from jaxcheck._engine.evaluate.finite_differences import Evaluation
 from jaxcheck._engine.evaluate.plan import Group
+from jaxcheck._engine.evaluate.programs import terminal_bar
 from jaxcheck._engine.system.params import Leaves, scalar_cost
 from jaxcheck._engine.system.prepare import call_user
 
@@ -50,11 +50,9 @@ def evaluate_numpy(
         ``(cost at θ, one Evaluation per group)``.
     """
     total = sum(_calls(g) for g in groups)
-    bar = None
-    if progress or (progress is None and total > 200 and sys.stderr.isatty()):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="jaxcheck (NumPy cost)", unit="call", file=sys.stderr)
+    bar = terminal_bar(
+        progress, total, worth=total > 200, desc="jaxcheck (NumPy cost)", unit="call"
+    )
 
     def at(moved: dict[int, np.ndarray]) -> tuple[float, float]:
         values = [moved.get(i, v).copy() for i, v in enumerate(leaves64)]

@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxcheck._engine.evaluate.finite_differences import INCREMENTAL_MIN_SIZE, Probe
 from jaxcheck._engine.options import Options
+from jaxcheck._engine.verdict.classify import U64
 from jaxcheck.errors import InputError
 
 __all__ = [
@@ -28,8 +29,6 @@ __all__ = [
 #: small check compiles once and never needs a second pass for error estimates.
 SMALL_CHECK = 4096
 
-_U64 = float(np.finfo(np.float64).eps)
-
 
 def default_step(theta: np.ndarray) -> np.ndarray:
     """The default central-difference step per coordinate: ∛u · max(1, |θᵢ|) in float64.
@@ -42,7 +41,7 @@ def default_step(theta: np.ndarray) -> np.ndarray:
         >>> default_step(np.array([0.5, -10.0]))
         array([6.05545445e-06, 6.05545445e-05])
     """
-    return np.cbrt(_U64) * np.maximum(1.0, np.abs(np.asarray(theta, np.float64)))
+    return np.cbrt(U64) * np.maximum(1.0, np.abs(np.asarray(theta, np.float64)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,4 +180,4 @@ def direction_step(theta: np.ndarray, eps: float | None) -> float:
     if eps is not None:
         return float(eps)
     rms = float(np.sqrt(np.mean(np.square(theta)))) if theta.size else 0.0
-    return float(np.cbrt(_U64) * max(1.0, rms))
+    return float(np.cbrt(U64) * max(1.0, rms))

@@ -66,7 +66,7 @@ SUMS = ("bp2", "ad2", "fd2", "bp_ad", "bp-ad", "bp-fd", "fd-ad", "err2")
 #: finite differences in a small check): ±h and ±2h.
 MULTIPLES = (1, -1, 2, -2)
 
-_STEP = float(np.cbrt(np.finfo(np.float64).eps))
+_STEP = float(np.cbrt(vd.U64))
 
 #: ``(consts, θ) -> (∇J(θ), displaced or None, linear)``: ``displaced(v, t)`` is the gradient
 #: whose difference quotient in ``t`` tends to the product along ``v``; ``linear(v)`` the exact

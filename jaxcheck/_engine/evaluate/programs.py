@@ -34,6 +34,7 @@ __all__ = [
     "group_cost",
     "program",
     "progress_bar",
+    "terminal_bar",
 ]
 
 #: Compiled programs kept, most recently used first.
@@ -59,17 +60,29 @@ def _flat(leaves: Sequence[Any], group: tuple[int, ...]) -> jax.Array:
     return jnp.concatenate([jnp.reshape(leaves[i], (-1,)) for i in group])
 
 
+def terminal_bar(progress: bool | None, total: int, *, worth: bool, desc: str, unit: str) -> Any:
+    """The one progress-bar policy of every door: a tqdm bar on stderr, or None.
+
+    Args:
+        progress: the user's ``progress=``: True shows the bar, False never; None shows it only
+            on a terminal, and only where the work is long enough to be ``worth`` one.
+        total: the units of work.
+        worth: whether the work is long enough for a bar (the caller's measure).
+        desc: the bar's label.
+        unit: the name of a unit of work.
+    """
+    if not (progress or (progress is None and worth and sys.stderr.isatty())):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+
+
 class _Progress:
     """A tqdm bar over batches, fed from inside the compiled program by a debug callback."""
 
     def __init__(self, total: int, enabled: bool | None) -> None:
-        if enabled is None:
-            enabled = total > 1 and sys.stderr.isatty()
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="jaxcheck", unit="batch", file=sys.stderr)
+        self.bar = terminal_bar(enabled, total, worth=total > 1, desc="jaxcheck", unit="batch")
 
     def tick(self, *_: Any) -> None:
         if self.bar is not None:

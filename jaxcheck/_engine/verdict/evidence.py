@@ -9,7 +9,9 @@ are then tested jointly (:mod:`jaxcheck._engine.verdict.kinks`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +20,17 @@ from jaxcheck._engine.evaluate.plan import Group, coordinate_probes, default_ste
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Opinions, Tolerance
 
-__all__ = ["Evidence", "MAX_REFINE", "classes_of", "collect", "leaf_tolerance", "refinement"]
+__all__ = [
+    "Evidence",
+    "MAX_REFINE",
+    "Rounding",
+    "add_double",
+    "classes_of",
+    "collect",
+    "difference_opinions",
+    "leaf_tolerance",
+    "refinement",
+]
 
 #: Most entries per leaf re-evaluated (at ±h and ±2h) to settle a disagreement or find kinks.
 MAX_REFINE = 4096
@@ -26,6 +38,9 @@ MAX_REFINE = 4096
 #: Evaluates probe groups: ``(groups, double_steps) -> evaluations``, bound to the twin or the
 #: NumPy cost by the caller.
 Evaluator = Callable[[Sequence[Probe]], list[Evaluation]]
+
+#: How values differenced by the opinion builders round: ``(up, down, h_total) -> error``.
+Rounding = Callable[[Any, Any, Any], Any]
 
 
 @dataclasses.dataclass
@@ -62,53 +77,85 @@ def _opinions(
 ) -> tuple[Opinions, np.ndarray]:
     up, down = ev.up[rows], ev.down[rows]
     s_up, s_down = ev.step_up[rows], ev.step_down[rows]
+    rounding = functools.partial(vd.rounding_error, unit=ev.unit)
+    op = difference_opinions(bp, ad, up, down, s_up, s_down, value, rounding)
+    refined = np.zeros(rows.size, bool)
+    if ev.up2 is not None:
+        up2, down2 = ev.up2[rows], ev.down2[rows]
+        add_double(
+            op, difference_opinions(bp, ad, up2, down2, 2 * s_up, 2 * s_down, value, rounding)
+        )
+        refined[:] = True
+    return op, refined
+
+
+def difference_opinions(
+    bp: np.ndarray,
+    ad: np.ndarray,
+    up: Any,
+    down: Any,
+    s_up: Any,
+    s_down: Any,
+    value: Any,
+    rounding: Rounding,
+) -> Opinions:
+    """The opinions on some probes from the values at θ + s_up and θ − s_down.
+
+    The one opinion builder of every door: ``check`` differences values of the cost,
+    ``check_hvp`` values of the gradient (``value`` is the value at θ).
+
+    Args:
+        bp: the user's value per probe.
+        ad: autodiff's value per probe.
+        up: the values at θ + s_up.
+        down: the values at θ − s_down.
+        s_up: the steps up.
+        s_down: the steps down.
+        value: the value at θ.
+        rounding: ``(up, down, h_total) -> error``, how the values round.
+
+    Returns:
+        The opinions, with the rounding error of the central difference as its only error
+        (:func:`add_double` adds the truncation error).
+    """
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         finite = (up - down) / (s_up + s_down)
         slope_up = (up - value) / s_up
         slope_down = (value - down) / s_down
-    rounding = vd.rounding_error(up, down, s_up + s_down, ev.unit)
-    op = Opinions(
+    error = rounding(up, down, s_up + s_down)
+    return Opinions(
         bp,
         ad,
         finite,
         slope_up,
         slope_down,
-        rounding.copy(),
-        rounding,
-        4 * rounding,
-        np.zeros(rows.size, bool),
+        error.copy(),
+        error,
+        4 * error,
+        np.zeros(np.size(error), bool),
     )
-    refined = np.zeros(rows.size, bool)
-    if ev.up2 is not None:
-        _add_double(op, ev.up2[rows], ev.down2[rows], 2 * s_up, 2 * s_down, value, ev.unit)
-        refined[:] = True
-    return op, refined
 
 
-def _add_double(
-    op: Opinions,
-    up: np.ndarray,
-    down: np.ndarray,
-    s_up: np.ndarray,
-    s_down: np.ndarray,
-    value: float,
-    unit: float,
-) -> None:
-    """Truncation error, one-sided slopes and kinks from a second evaluation at 2h."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        finite_2h = (up - down) / (s_up + s_down)
-        slope_up_2h = (up - value) / s_up
-        slope_down_2h = (value - down) / s_down
-        # Richardson would divide by 3 for a smooth cost; undivided, the change between h and
-        # 2h also bounds noise that does not scale like h² (a quantised or tabulated cost).
-        truncation = np.abs(finite_2h - op.finite)
-    rounding_2h = vd.rounding_error(up, down, s_up + s_down, unit)
-    op.error = op.rounding + truncation + rounding_2h
-    op.kink = vd.kinks(op.slope_up, op.slope_down, slope_up_2h, slope_down_2h, op.rounding)
+def add_double(op: Opinions, double: Opinions) -> None:
+    """Truncation error, one-sided slopes and kinks from a second evaluation at 2h (in place).
+
+    Args:
+        op: the opinions at the steps h, completed here.
+        double: :func:`difference_opinions` of the same probes at the steps 2h.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        # Richardson would divide by 3 for a smooth function (cost or gradient); undivided, the
+        # change between h and 2h also bounds noise that does not scale like h² (a quantised or
+        # tabulated cost, a gradient summing terms that cancel). Decided once, for every door.
+        truncation = np.abs(double.finite - op.finite)
+    op.error = op.rounding + truncation + double.rounding
+    # Where the function has a kink (ReLU², max) or a jump (ReLU, abs) within θ ± 2h, the gap
+    # between the one-sided slopes does not grow with the step as it does where it is smooth.
+    op.kink = vd.kinks(op.slope_up, op.slope_down, double.slope_up, double.slope_down, op.rounding)
     op.slope_error = (
-        np.maximum(np.abs(slope_up_2h - op.slope_up), np.abs(slope_down_2h - op.slope_down))
+        np.maximum(np.abs(double.slope_up - op.slope_up), np.abs(double.slope_down - op.slope_down))
         + 4 * op.rounding
-        + 2 * rounding_2h
+        + 2 * double.rounding
     )
 
 
@@ -163,7 +210,18 @@ def collect(
                 picked = local
                 d = e.directions
                 sub = _take(d, picked)
-                _add_double(sub, ev.up, ev.down, ev.step_up, ev.step_down, value, ev.unit)
+                rounding = functools.partial(vd.rounding_error, unit=ev.unit)
+                double = difference_opinions(
+                    sub.backprop,
+                    sub.autodiff,
+                    ev.up,
+                    ev.down,
+                    ev.step_up,
+                    ev.step_down,
+                    value,
+                    rounding,
+                )
+                add_double(sub, double)
                 for f in ("error", "kink", "slope_error"):
                     getattr(d, f)[picked] = getattr(sub, f)
                 e.directions_refined[picked] = True

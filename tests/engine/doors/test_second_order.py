@@ -11,6 +11,7 @@ import pytest
 
 import jaxcheck as jc
 from jaxcheck._engine.doors import product as second_order
+from jaxcheck._engine.verdict.evidence import difference_opinions
 
 
 class TanhNet:
@@ -338,14 +339,16 @@ def test_the_device_screen_passes_exactly_what_classify_calls_ok():
     atol, scale, fd_atol, floor = (np.asarray(x) for x in screen[5:])
     for i in range(len(sizes)):
         cols = owner == i
-        op = second_order._opinions(
+        h = np.repeat(steps, sizes[i])
+        op = difference_opinions(
             user[:, cols].ravel(),
             exact[:, cols].ravel(),
             up[:, cols].ravel(),
             down[:, cols].ravel(),
+            h,
+            h,
             np.tile(g0[cols], directions),
-            np.repeat(steps, sizes[i]),
-            float(floor[i]),
+            second_order._rounding(float(floor[i])),
         )
         spread = sizes[i]
         tol = vd.Tolerance(
