@@ -187,21 +187,17 @@ def check_hvp(
     reject_unknown("check_hvp", unknown, _OPTIONS)
     if not isinstance(kind, str) or kind not in SPECS:
         raise InputError(f"kind={kind!r} is not one of {KINDS}.")
-    return check_product(
-        SPECS[kind],
-        cost,
-        hvp,
-        params,
-        jax_cost=jax_cost,
-        functions={"model_output": model_output, "loss_of_output": loss_of_output},
-        directions=directions,
+    options = Options(
         eps=eps,
         rtol=rtol,
         batch_size=batch_size,
         memory_budget=memory_budget,
         seed=seed,
         progress=progress,
+        twin="required",
     )
+    functions = {"model_output": model_output, "loss_of_output": loss_of_output}
+    return check_product(SPECS[kind], cost, hvp, params, options, jax_cost, functions, directions)
 
 
 _OPTIONS = tuple(
@@ -249,16 +245,10 @@ def check_product(
     cost: Callable,
     product: Callable,
     params: Any,
-    *,
-    jax_cost: Callable | None,
-    functions: Mapping[str, Callable | None],
-    directions: int | str | None,
-    eps: float | None,
-    rtol: float | None,
-    batch_size: int | None,
-    memory_budget: int | None,
-    seed: int,
-    progress: bool | None,
+    options: Options,
+    jax_cost: Callable | None = None,
+    functions: Mapping[str, Callable | None] | None = None,
+    directions: int | str | None = None,
 ) -> HvpReport:
     """The engine of every product door: ``product(params, v)`` judged against ``spec``'s
     references (see :func:`check_hvp` for the arguments)."""
@@ -267,17 +257,8 @@ def check_product(
         raise InputError(
             f"{spec.noun} must be callable (params, v) -> product, got {type(product).__name__}."
         )
-    twin_fn, given = _twin_function(spec, jax_cost, functions)
+    twin_fn, given = _twin_function(spec, jax_cost, functions or {})
     _directions(directions, 0)  # a bad value is told before any user code runs
-    options = Options(
-        eps=eps,
-        rtol=rtol,
-        batch_size=batch_size,
-        memory_budget=memory_budget,
-        seed=seed,
-        progress=progress,
-        twin="required",
-    )
     system = prepare(cost, None, params, twin_fn, options, gradient=False)
     leaves = system.leaves
     full, count = _directions(directions, leaves.size)

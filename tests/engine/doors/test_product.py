@@ -12,6 +12,7 @@ import pytest
 import jaxcheck as jc
 from jaxcheck._engine.doors import product as door
 from jaxcheck._engine.evaluate import products as engine
+from jaxcheck._engine.options import Options
 
 
 def _sigmoid(z):
@@ -266,20 +267,9 @@ def test_a_product_without_finite_differences_is_judged_against_the_exact_one(lo
     spec = dataclasses.replace(engine.HESSIAN, kind="exact only", finite_differences=None)
 
     def check(product):
+        options = Options(twin="required")
         return door.check_product(
-            spec,
-            logistic.cost,
-            product,
-            logistic.params,
-            jax_cost=logistic.jax_cost,
-            functions={},
-            directions=4,
-            eps=None,
-            rtol=None,
-            batch_size=None,
-            memory_budget=None,
-            seed=0,
-            progress=None,
+            spec, logistic.cost, product, logistic.params, options, logistic.jax_cost, {}, 4
         )
 
     good = check(logistic.hvp)
