@@ -209,10 +209,10 @@ def _narrow(jaxpr: Any) -> tuple[str, ...]:
         if not any(id(v) in dependent for v in eqn.invars if not isinstance(v, _Literal)):
             continue
         for v in eqn.outvars:
-            dependent.add(id(v))
             dtype = getattr(getattr(v, "aval", None), "dtype", None)
             if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-                continue
+                continue  # a comparison or an index carries no derivative of the params
+            dependent.add(id(v))
             if np.dtype(dtype).itemsize < 8 and len(found) < 3:
                 where = _source_line(eqn)
                 found.append(f"{np.dtype(dtype)} at {eqn.primitive.name}{where}")

@@ -119,3 +119,20 @@ def test_a_subnormal_cost_is_judged_two_way_in_numpy():
 
     assert jc.check(cost, grad, w, twin="none").ok
     assert jc.check(cost, lambda p: grad(p, 3.0), w, twin="none").failing == ["w"]
+
+
+def test_a_float32_mask_of_the_params_carries_no_derivative_and_is_not_refused():
+    # `(z > 0).astype("float32")`: float32, computed from the params, but through a comparison,
+    # so no derivative flows through it; the cost itself stays float64.
+    def cost(p):
+        z = X @ p["w"] + p["b"]
+        return float(np.sum(z * (z > 0).astype("float32")))
+
+    def grad(p, scale=1.0):
+        z = X @ p["w"] + p["b"]
+        mask = (z > 0) * 1.0
+        return {"w": scale * (X.T @ mask), "b": np.sum(mask)}
+
+    report = jc.check(cost, grad, PARAMS)
+    assert report.ok and report.twin == "ported" and report.precision is None
+    assert jc.check(cost, lambda p: grad(p, 2.0), PARAMS).failing == ["w"]
