@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxcheck._engine.verdict.classify import Status
 from jaxcheck._engine.verdict.diagnosis import Diagnosis
@@ -288,9 +288,16 @@ class Report:
             return twin
         return f"{subject} correct: {agrees}" + (" (notes below)." if notes else ".")
 
+    #: The door that made the report, in its JSON (``"hvp"``, ``"rule"``); None for a gradient.
+    check_name: ClassVar[str | None] = None
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report."""
-        return {
+        """A JSON-serialisable dict of the whole report.
+
+        A report of another door adds ``"check"`` (the door) and its own fields: what was
+        checked (``kind``, ``directions``, ``seed``, ...).
+        """
+        out = {
             "ok": self.ok,
             "failing": self.failing,
             "inconclusive": self.inconclusive,
@@ -311,6 +318,14 @@ class Report:
             "verdict": self.verdict,
             "leaves": {p: leaf.to_dict() for p, leaf in self.leaves.items()},
         }
+        if self.check_name is not None:
+            out["check"] = self.check_name
+            own = {f.name for f in dataclasses.fields(Report)}
+            for field in dataclasses.fields(self):
+                if field.name not in own:
+                    value = getattr(self, field.name)
+                    out[field.name] = list(value) if isinstance(value, (list, tuple)) else value
+        return out
 
     def _rows(self) -> list[list[str]]:
         rows = []
@@ -353,11 +368,15 @@ class Report:
         "status",
     )
 
+    def _extent(self, unit: str) -> str:
+        """What was checked, counted: ``"47 parameters in 4 leaves"``."""
+        size, n = sum(x.size for x in self.leaves.values()), len(self.leaves)
+        return f"{size} {unit} in {n} lea{'f' if n == 1 else 'ves'}"
+
     def _header(self) -> str:
-        size = sum(x.size for x in self.leaves.values())
         head = (
-            f"jaxcheck: {self.method} check of {size} parameters in {len(self.leaves)} "
-            f"lea{'f' if len(self.leaves) == 1 else 'ves'} ({self.dtype} system under test, "
+            f"jaxcheck: {self.method} check of {self._extent('parameters')} ({self.dtype} "
+            f"system under test, "
         )
         if self.twin == "none":
             return head + f"cost {self.cost:.6g}) — two-way: no JAX twin"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -175,6 +175,8 @@ class HvpReport(Report):
         nonlinear: the leaves where the product failed the linearity test.
     """
 
+    check_name: ClassVar[str | None] = "hvp"
+
     kind: str = "hessian"
     directions: int = 0
     seed: int = 0
@@ -206,30 +208,16 @@ class HvpReport(Report):
         return "\n".join([head, *notes])
 
     def _header(self) -> str:
-        size = sum(x.size for x in self.leaves.values())
-        n = len(self.leaves)
         along = (
             f"full Hessian ({self.directions} basis directions)"
             if self.method == "full"
             else f"{self.directions} random directions (seed {self.seed})"
         )
         return (
-            f"jaxcheck: {self.title} check along {along}, {size} parameters in {n} "
-            f"lea{'f' if n == 1 else 'ves'} ({self.dtype} {self.noun}, {self.twin} JAX twin, "
+            f"jaxcheck: {self.title} check along {along}, {self._extent('parameters')} "
+            f"({self.dtype} {self.noun}, {self.twin} JAX twin, "
             f"cost {self.cost:.6g}, twin mismatch {self.cost_mismatch:.1e})"
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report, saying what was checked."""
-        out = super().to_dict()
-        out.update(
-            check="hvp",
-            kind=self.kind,
-            directions=self.directions,
-            seed=self.seed,
-            nonlinear=list(self.nonlinear),
-        )
-        return out
 
 
 def _report(
@@ -333,49 +321,74 @@ def _leaf(
     return leaf
 
 
+#: The sentence of each status that is not the user's fault, filled from the leaf, the tally
+#: and the specification; a BACKPROP leaf gets the most specific of :func:`_wrong`'s sentences.
+_SENTENCES = {
+    Status.INCONCLUSIVE: (
+        "{path}: {noun} and {exact} disagree at {count} of {entries} entries (worst {where}: "
+        "{noun} {bp:.6g}, exact {ad:.6g}) and {fd} are too imprecise there to say which is right "
+        "(estimated error {fd_error:.1e}); not judged. Try another eps=."
+    ),
+    Status.TWIN: (
+        "{path}: {exact} of the JAX twin disagrees with {fd} at {count} entries while {noun} "
+        "agrees with them: the twin's second derivatives are wrong there (a custom_jvp or "
+        "custom_vjp rule, stop_gradient), not your {noun}."
+    ),
+    Status.KINK: (
+        "{path}: {count} {sit} on a kink of the gradient (its one-sided slopes differ: ReLU, max, "
+        "abs); {noun} lies between them there, so this is not a bug."
+    ),
+    Status.FD_UNRELIABLE: (
+        "{path}: {fd} strayed at {count} entries where {noun} and {exact} agree (step "
+        "{step:.1e}); not a bug."
+    ),
+}
+#: The verdict class counted in each status's sentence.
+_COUNTED = {
+    Status.INCONCLUSIVE: vd.INCONCLUSIVE,
+    Status.TWIN: vd.TWIN,
+    Status.KINK: vd.KINK,
+    Status.FD_UNRELIABLE: vd.FD_UNRELIABLE,
+}
+
+
 def _message(leaf: LeafReport, tally: _Tally, where: str, spec: ProductSpec) -> str:
-    path, status, noun = leaf.path, leaf.status, spec.noun
     entries = tally.size * tally.directions
-    exact, witnesses = spec.exact, spec.witnesses
+    if leaf.status == Status.BACKPROP:
+        return _wrong(leaf, tally, where, spec, entries)
+    if leaf.status not in _SENTENCES:
+        return ""
+    count = int(tally.counts[_COUNTED[leaf.status]])
+    if leaf.status == Status.KINK:
+        count = len(leaf.kinks) or count
+    return _SENTENCES[leaf.status].format(
+        path=leaf.path,
+        noun=spec.noun,
+        exact=spec.exact,
+        fd=spec.finite_differences,
+        count=count,
+        entries=entries,
+        where=where,
+        bp=leaf.worst_backprop,
+        ad=leaf.worst_autodiff,
+        fd_error=leaf.fd_error,
+        step=leaf.step,
+        sit="entry sits" if count == 1 else "entries sit",
+    )
+
+
+def _wrong(leaf: LeafReport, tally: _Tally, where: str, spec: ProductSpec, entries: int) -> str:
+    """The sentence of a leaf where the user's product is wrong: a value, a factor, or a count."""
+    path, noun = leaf.path, spec.noun
     _, _, _, bp, ad = tally.worst
-    if status == Status.BACKPROP:
-        if not math.isfinite(bp) and math.isfinite(ad):
-            return f"{path}: {noun} is {float(bp)} {where} where {exact} is {float(ad):.6g}."
-        if leaf.factor is not None:
-            if abs(leaf.factor + 1) < 1e-3:
-                return f"{path}: {noun} has the wrong sign (−1.00× {witnesses})."
-            return f"{path}: {noun} is {leaf.factor:.2f}× {witnesses}."
-        return (
-            f"{path}: {noun} disagrees with {witnesses} at {leaf.wrong} of {entries} entries "
-            f"({tally.directions} directions); worst {where}: {noun} {leaf.worst_backprop:.6g}, "
-            f"exact {leaf.worst_autodiff:.6g}."
-        )
-    if status == Status.INCONCLUSIVE:
-        count = int(tally.counts[vd.INCONCLUSIVE])
-        return (
-            f"{path}: {noun} and {exact} disagree at {count} of {entries} entries (worst "
-            f"{where}: {noun} {leaf.worst_backprop:.6g}, exact {leaf.worst_autodiff:.6g}) and "
-            f"{spec.finite_differences} are too imprecise there to say which is right "
-            f"(estimated error {leaf.fd_error:.1e}); not judged. Try another eps=."
-        )
-    if status == Status.TWIN:
-        count = int(tally.counts[vd.TWIN])
-        return (
-            f"{path}: {exact} of the JAX twin disagrees with {spec.finite_differences} at "
-            f"{count} entries while {noun} agrees with them: the twin's second derivatives are "
-            f"wrong there (a custom_jvp or custom_vjp rule, stop_gradient), not your {noun}."
-        )
-    if status == Status.KINK:
-        count = len(leaf.kinks) or int(tally.counts[vd.KINK])
-        return (
-            f"{path}: {count} {'entry sits' if count == 1 else 'entries sit'} on a kink of the "
-            f"gradient (its one-sided slopes differ: ReLU, max, abs); {noun} lies between them "
-            f"there, so this is not a bug."
-        )
-    if status == Status.FD_UNRELIABLE:
-        count = int(tally.counts[vd.FD_UNRELIABLE])
-        return (
-            f"{path}: {spec.finite_differences} strayed at {count} entries where {noun} and "
-            f"{exact} agree (step {leaf.step:.1e}); not a bug."
-        )
-    return ""
+    if not math.isfinite(bp) and math.isfinite(ad):
+        return f"{path}: {noun} is {float(bp)} {where} where {spec.exact} is {float(ad):.6g}."
+    if leaf.factor is not None:
+        if abs(leaf.factor + 1) < 1e-3:
+            return f"{path}: {noun} has the wrong sign (−1.00× {spec.witnesses})."
+        return f"{path}: {noun} is {leaf.factor:.2f}× {spec.witnesses}."
+    return (
+        f"{path}: {noun} disagrees with {spec.witnesses} at {leaf.wrong} of {entries} entries "
+        f"({tally.directions} directions); worst {where}: {noun} {leaf.worst_backprop:.6g}, "
+        f"exact {leaf.worst_autodiff:.6g}."
+    )

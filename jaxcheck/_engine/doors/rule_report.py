@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxcheck._engine.verdict.classify import Status
 from jaxcheck.report import Report
@@ -27,6 +27,8 @@ class RuleReport(Report):
         static: the arguments passed through unchecked.
         noun: what ``backprop`` is called in sentences: ``"rule"``, ``"backward"``.
     """
+
+    check_name: ClassVar[str | None] = "rule"
 
     subject: str = "the custom rule"
     witness: str | None = None
@@ -95,8 +97,6 @@ class RuleReport(Report):
         return "\n".join([head, *notes])
 
     def _header(self) -> str:
-        size = sum(x.size for x in self.leaves.values())
-        n = len(self.leaves)
         static = f", static: {', '.join(self.static)}" if self.static else ""
         opinions = "two-way: no reference"
         if self.witness is not None:
@@ -104,8 +104,8 @@ class RuleReport(Report):
             if self.twin not in ("none", "torch"):
                 opinions += f", twin mismatch {self.cost_mismatch:.1e}"
         return (
-            f"jaxcheck: {self.subject}, {self.method} check of {size} inputs in {n} "
-            f"lea{'f' if n == 1 else 'ves'} ({self.dtype} {self.noun}, cotangent seed {self.seed}"
+            f"jaxcheck: {self.subject}, {self.method} check of {self._extent('inputs')} "
+            f"({self.dtype} {self.noun}, cotangent seed {self.seed}"
             f"{static}) — {opinions}"
         )
 
@@ -124,20 +124,6 @@ class RuleReport(Report):
             f"Two-way check: the {self.noun} was compared with finite differences alone; pass "
             f"reference= (the function without its {self.noun}) for the third opinion."
         ]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of the whole report, saying what was checked."""
-        out = super().to_dict()
-        out.update(
-            check="rule",
-            subject=self.subject,
-            witness=self.witness,
-            expected=self.expected,
-            seed=self.seed,
-            static=list(self.static),
-            noun=self.noun,
-        )
-        return out
 
 
 _AGREE = (Status.OK, Status.KINK, Status.ROUNDING, Status.FD_UNRELIABLE)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -227,80 +227,102 @@ def agree(
     _raise_difference(entries, leaves, paths, consts)
 
 
-def _raise_difference(
-    entries: list[dict], leaves: Sequence[Any], paths: Sequence[str], consts: Sequence[Any]
-) -> None:
-    if bad := _differ(entries, "structure"):
-        raise shared(
-            InputError(
-                f"the params have other paths, shapes or dtypes on process(es) {bad} than on "
-                f"process 0; {_ADVICE}.",
-                hint="pass identical params to the check in every process",
-            )
-        )
-    if bad := _differ(entries, "options"):
+#: What differs between processes, in the order it is reported: the sentence ({where}: the
+#: processes; {detail}: what differs there) and the hint. Every sentence ends with _ADVICE.
+_DIFFERENCES = {
+    "structure": (
+        "the params (or the data the JAX twin closes over) have other paths, shapes or dtypes "
+        "between processes ({where})",
+        "pass identical params and data to the check in every process",
+    ),
+    "options": (
+        "the options differ between processes ({where}){detail}",
+        "pass the same options to the check in every process",
+    ),
+    "twin": (
+        "the JAX twin differs between processes ({where}): its operations or a constant written "
+        "into it (a Python number) are not the same",
+        "trace the same jax_cost, with the same constants, in every process",
+    ),
+    "params": (
+        "params leaf {detail} differs between processes ({where}; compared by SHA-256 of the "
+        "bytes)",
+        "pass identical params to the check in every process",
+    ),
+    "data": (
+        "the data the JAX twin closes over differ between processes ({where}{detail})",
+        "load the same data in every process",
+    ),
+    "cost": (
+        "the NumPy cost at params differs between processes ({where}{detail}) although the "
+        "params agree: the data it closes over differ",
+        "load the same data in every process",
+    ),
+    "backprop": (
+        "grad returned different gradients{detail} between processes ({where}) at identical "
+        "params: its data or its randomness differ between processes",
+        None,
+    ),
+    "plan": (
+        "the processes planned other batches of perturbations ({where}: a different "
+        "batch_size, memory_budget, devices or device memory)",
+        "pass the same options, and an explicit batch_size= on unlike machines, in every process",
+    ),
+}
+
+
+def _refuse(name: str, bad: list[int], detail: str = "") -> NoReturn:
+    """Raises the error for ``name`` differing on processes ``bad``, the same on every process."""
+    sentence, hint = _DIFFERENCES[name]
+    text = f"{sentence.format(where=_vs(bad), detail=detail)}; {_ADVICE}."
+    if name == "backprop":
+        raise shared(NondeterminismError(text))
+    raise shared(InputError(text, hint=hint))
+
+
+def _leaf(i: int, leaves: Sequence[Any], paths: Sequence[str] | None) -> str:
+    name = repr(paths[i]) if paths else f"{i} of {len(leaves)}"
+    return f"{name} (shape {np.shape(leaves[i])})"
+
+
+def _detail(
+    name: str,
+    entries: list[dict],
+    bad: list[int],
+    leaves: Sequence[Any],
+    paths: Sequence[str],
+    consts: Sequence[Any],
+) -> tuple[list[int], str]:
+    """The processes where ``name`` differs, and what differs there in words."""
+    if name in ("params", "backprop", "data"):
+        i, bad = _first(entries, name)
+        if name == "params":
+            return bad, _leaf(i, leaves, paths)
+        if name == "backprop":
+            return bad, f" for leaf {paths[i]!r}"
+        if i == 0:
+            return bad, ": their shapes or dtypes"
+        return bad, f": array {i} of {len(consts)}, shape {np.shape(consts[i - 1])}"
+    if name == "options":
         theirs = dict(map(tuple, entries[bad[0]]["options"]))
         ours = dict(map(tuple, entries[0]["options"]))
         names = sorted(n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n))
-        raise shared(
-            InputError(
-                f"the options differ between processes ({_vs(bad)}): {', '.join(names)} "
-                f"({names[0]} is {ours.get(names[0], 'not given')} on process 0 and "
-                f"{theirs.get(names[0], 'not given')} on process {bad[0]}); "
-                f"{_ADVICE}.",
-                hint="pass the same options to the check in every process",
-            )
+        return bad, (
+            f": {', '.join(names)} ({names[0]} is {ours.get(names[0], 'not given')} on process "
+            f"0 and {theirs.get(names[0], 'not given')} on process {bad[0]})"
         )
-    if bad := _differ(entries, "twin"):
-        raise shared(
-            InputError(
-                f"the JAX twin differs between processes ({_vs(bad)}): its operations or a "
-                f"constant written into it (a Python number) are not the same; {_ADVICE}.",
-                hint="trace the same jax_cost, with the same constants, in every process",
-            )
-        )
-    if bad := _differ(entries, "params"):
-        i, bad = _first(entries, "params")
-        raise shared(
-            InputError(
-                f"params leaf {paths[i]!r} (shape {np.shape(leaves[i])}) differs between "
-                f"processes ({_vs(bad)}; compared by SHA-256 of the bytes); {_ADVICE}.",
-                hint="pass identical params to the check in every process",
-            )
-        )
-    if bad := _differ(entries, "data"):
-        i, bad = _first(entries, "data")
-        which = (
-            "their shapes or dtypes"
-            if i == 0
-            else f"array {i} of {len(consts)}, shape {np.shape(consts[i - 1])}"
-        )
-        raise shared(
-            InputError(
-                f"the data the JAX twin closes over differ between processes ({_vs(bad)}: "
-                f"{which}); {_ADVICE}.",
-                hint="load the same data in every process",
-            )
-        )
-    if bad := _differ(entries, "cost"):
+    if name == "cost":
         values = [float.fromhex(entries[p]["cost"]) for p in (0, bad[0])]
-        raise shared(
-            InputError(
-                f"the NumPy cost at params differs between processes ({_vs(bad)}: "
-                f"{values[0]!r} vs {values[1]!r}) although the params agree: the data it "
-                f"closes over differ; {_ADVICE}.",
-                hint="load the same data in every process",
-            )
-        )
-    if bad := _differ(entries, "backprop"):
-        i, bad = _first(entries, "backprop")
-        raise shared(
-            NondeterminismError(
-                f"grad returned different gradients for leaf {paths[i]!r} between processes "
-                f"({_vs(bad)}) at identical params: its data or its randomness differ between "
-                f"processes; {_ADVICE}."
-            )
-        )
+        return bad, f": {values[0]!r} vs {values[1]!r}"
+    return bad, ""
+
+
+def _raise_difference(
+    entries: list[dict], leaves: Sequence[Any], paths: Sequence[str], consts: Sequence[Any]
+) -> None:
+    for name in ("structure", "options", "twin", "params", "data", "cost", "backprop"):
+        if bad := _differ(entries, name):
+            _refuse(name, *_detail(name, entries, bad, leaves, paths, consts))
 
 
 def _gather(rows: list[bytes]) -> np.ndarray:
@@ -355,50 +377,12 @@ def verify_same_everywhere(
         name: [p for p in range(every.shape[0]) if not np.array_equal(every[p, i], every[0, i])]
         for i, name in enumerate(names)
     }
-    if differ["structure"]:
-        raise shared(
-            InputError(
-                f"the params or the JAX twin's data have different shapes on processes "
-                f"{differ['structure']} than on process 0; {_ADVICE}.",
-                hint="pass identical params and data to jc.check in every process",
-            )
-        )
-    if differ["params"]:
-        leaf_rows = every[:, len(names) :]
-        first = next(
-            i for i in range(len(leaves)) if not np.all(leaf_rows[:, i] == leaf_rows[0, i])
-        )
-        raise shared(
-            InputError(
-                f"params differ between processes: leaf {first} of {len(leaves)} (shape "
-                f"{np.shape(leaves[first])}) on processes {differ['params']} is not process "
-                f"0's (compared by SHA-256 of the bytes); {_ADVICE}.",
-                hint="pass identical params to jc.check in every process",
-            )
-        )
-    if differ["data"]:
-        raise shared(
-            InputError(
-                f"the data the JAX twin closes over differ on processes {differ['data']} from "
-                f"process 0's; {_ADVICE}.",
-                hint="load the same data in every process",
-            )
-        )
-    if differ["backprop"]:
-        raise shared(
-            NondeterminismError(
-                f"grad returned different gradients on processes {differ['backprop']} than on "
-                f"process 0 at identical params: its data or its randomness differ between "
-                f"processes; {_ADVICE}."
-            )
-        )
-    if differ["plan"]:
-        raise shared(
-            InputError(
-                f"processes {differ['plan']} planned other batches of perturbations than "
-                f"process 0 (different batch_size, memory_budget, devices or device memory); "
-                f"pass the same options everywhere, and an explicit batch_size= on unlike "
-                f"machines.",
-                hint="pass the same batch_size to jc.check in every process",
-            )
-        )
+    for name, bad in differ.items():
+        if not bad:
+            continue
+        detail = ""
+        if name == "params":
+            rows_of = every[:, len(names) :]
+            first = next(i for i in range(len(leaves)) if np.any(rows_of[:, i] != rows_of[0, i]))
+            detail = _leaf(first, leaves, None)
+        _refuse(name, bad, detail)
