@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from jaxcheck._engine.verdict.classify import Status
 from jaxcheck._engine.verdict.diagnosis import Diagnosis
@@ -168,6 +168,25 @@ class LeafReport:
         return out
 
 
+class Voice(NamedTuple):
+    """How a door's verdict names what it judges and its references (:meth:`Report._head`).
+
+    Attributes:
+        title: what opens the verdict: ``"Hessian-vector product"``, ``"The custom rule of f
+            is"``.
+        it: the user's function inside a sentence: ``"hvp"``, ``"the rule"``.
+        reference: the exact opinion, or None where there is none: ``"the exact product"``.
+        fd: the finite differences, or None where there are none.
+        fix: what to fix when only the reference is wrong: ``"the twin"``.
+    """
+
+    title: str
+    it: str
+    reference: str | None
+    fd: str | None
+    fix: str
+
+
 @dataclasses.dataclass
 class Report:
     """The result of :func:`jaxcheck.check`.
@@ -265,28 +284,32 @@ class Report:
             lines.append(self.diagnosis.sentence)
         return "\n".join([f"Gradient WRONG in {', '.join(self.failing)}.", *lines])
 
-    def _head(
-        self, notes: list[str], *, subject: str, disagree: str, twin: str, agrees: str
-    ) -> str:
+    def _head(self, notes: list[str], voice: Voice) -> str:
         """The first sentence of a verdict in a door's own words (``check_hvp``, ``check_rule``).
 
         Args:
             notes: the sentences that follow it.
-            subject: what is judged, as the sentence opens it (``"Hessian-vector product"``).
-            disagree: who disagrees where finite differences cannot settle it.
-            twin: the whole sentence where only the reference is wrong.
-            agrees: who the subject agrees with, where it is correct.
+            voice: what the door calls what it judges and its references.
         """
         if self.failing:
-            return f"{subject} WRONG in {', '.join(self.failing)}."
+            return f"{voice.title} WRONG in {', '.join(self.failing)}."
         if self.inconclusive:
             return (
-                f"{subject} NOT VERIFIED in {', '.join(self.inconclusive)}: {disagree} there and "
-                f"finite differences cannot tell which is right."
+                f"{voice.title} NOT VERIFIED in {', '.join(self.inconclusive)}: {voice.it} and "
+                f"{voice.reference} disagree there and finite differences cannot tell which is "
+                f"right."
             )
         if any(leaf.status == Status.TWIN for leaf in self.leaves.values()):
-            return twin
-        return f"{subject} correct: {agrees}" + (" (notes below)." if notes else ".")
+            reference = voice.reference or "the reference"
+            reference = reference[:1].upper() + reference[1:]
+            return (
+                f"{reference} disagrees with {voice.fd} where {voice.it} agrees with them: fix "
+                f"{voice.fix}; {voice.it} is not blamed."
+            )
+        witnesses = " and ".join(w for w in (voice.reference, voice.fd) if w)
+        return f"{voice.title} correct: it agrees with {witnesses}" + (
+            " (notes below)." if notes else "."
+        )
 
     #: The door that made the report, in its JSON (``"hvp"``, ``"rule"``); None for a gradient.
     check_name: ClassVar[str | None] = None

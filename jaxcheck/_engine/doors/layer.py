@@ -170,10 +170,13 @@ def assert_layer(
             :func:`jaxcheck.check`.
 
     Returns:
-        The :class:`~jaxcheck.Report` when the gradients are correct.
+        The :class:`~jaxcheck.Report` when every checked argument's gradient is correct, its
+        leaves named by forward's parameters.
 
     Raises:
         GradientError: an ``AssertionError`` whose message is the report's table.
+        InputError: backward returns another number of gradients than forward takes arrays,
+            or one of another shape (named), or a bad option.
 
     Examples:
         >>> import numpy as np

@@ -179,10 +179,14 @@ def assert_object(
         **options: ``attributes`` and the options of :func:`jaxcheck.check`.
 
     Returns:
-        The :class:`~jaxcheck.Report` when the gradients are correct.
+        The :class:`~jaxcheck.Report` when the gradient of every checked attribute is correct.
 
     Raises:
         GradientError: an ``AssertionError`` whose message is the report's table.
+        InputError: an attribute that is not a floating-point array, or that cannot be set
+            (named), or a loss that does not read the attributes.
+        NondeterminismError: two calls of ``grad`` at the same arrays disagree (layers that
+            accumulate gradients: reset them with ``before=``).
 
     Examples:
         >>> import numpy as np

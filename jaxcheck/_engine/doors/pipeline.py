@@ -97,13 +97,8 @@ class Evaluator:
                 [g.probe for g in groups],
                 backprop=system.user_gradient,
                 with_gradient=with_gradient,
-                batch_size=o.batch_size,
-                memory_budget=o.memory_budget,
+                options=o,
                 progress=progress,
-                devices=o.devices,
-                incremental=o.incremental,
-                cache=o.cache,
-                compile=o.compile,
             )
         except (JaxcheckError, jax.errors.JaxRuntimeError):
             raise

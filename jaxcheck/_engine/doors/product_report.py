@@ -13,7 +13,7 @@ from jaxcheck._engine.evaluate.products import SUMS, Chunk, ProductSpec
 from jaxcheck._engine.system.prepare import System
 from jaxcheck._engine.verdict import classify as vd
 from jaxcheck._engine.verdict.classify import Status
-from jaxcheck.report import LeafReport, Report
+from jaxcheck.report import LeafReport, Report, Voice
 
 __all__ = ["MAX_KINKS", "HvpReport", "_Tally", "_report"]
 
@@ -171,7 +171,8 @@ class HvpReport(Report):
         seed: the seed of the random directions (and of their norms and the probe ``w``).
         title: the product in words (``"Hessian-vector product"``).
         noun: the user's function in sentences (``"hvp"``).
-        witnesses: the references in words.
+        reference: the exact product in words.
+        finite_differences: what the finite differences are of, in words (None: not taken).
         nonlinear: the leaves where the product failed the linearity test.
     """
 
@@ -182,7 +183,8 @@ class HvpReport(Report):
     seed: int = 0
     title: str = "Hessian-vector product"
     noun: str = "hvp"
-    witnesses: str = "the exact product and finite differences of the gradient"
+    reference: str = "the exact product"
+    finite_differences: str | None = "finite differences of the gradient"
     nonlinear: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -194,18 +196,8 @@ class HvpReport(Report):
     def verdict(self) -> str:
         """The verdict in words, one sentence per finding."""
         notes = [leaf.message for leaf in self.leaves.values() if leaf.message]
-        noun = self.noun
-        head = self._head(
-            notes,
-            subject=self.title,
-            disagree=f"{noun} and the exact product disagree",
-            twin=(
-                f"{noun} agrees with finite differences of the gradient, but the exact product "
-                f"of the JAX twin does not: fix the twin; {noun} is not blamed."
-            ),
-            agrees=f"{noun} agrees with {self.witnesses}",
-        )
-        return "\n".join([head, *notes])
+        voice = Voice(self.title, self.noun, self.reference, self.finite_differences, "the twin")
+        return "\n".join([self._head(notes, voice), *notes])
 
     def _header(self) -> str:
         along = (
@@ -266,7 +258,8 @@ def _report(
         seed=source.seed,
         title=spec.title,
         noun=spec.noun,
-        witnesses=spec.witnesses,
+        reference=spec.exact,
+        finite_differences=spec.finite_differences,
         nonlinear=[p for p in system.leaves.paths if p in findings],
     )
 

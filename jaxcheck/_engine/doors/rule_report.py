@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from jaxcheck._engine.verdict.classify import Status
-from jaxcheck.report import Report
+from jaxcheck.report import Report, Voice
 
 __all__ = ["RuleReport"]
 
@@ -73,8 +73,6 @@ class RuleReport(Report):
         """The verdict in words, one sentence per finding."""
         notes = [leaf.message for leaf in self.leaves.values() if leaf.message]
         subject = self.subject[0].upper() + self.subject[1:]
-        fd = "finite differences"
-        witnesses = fd if self.witness is None else f"{self.witness} and {fd}"
         if self.surrogate:
             differ = [p for p, leaf in self.leaves.items() if leaf.status not in _AGREE]
             found = (
@@ -84,16 +82,14 @@ class RuleReport(Report):
             )
             head = f"Surrogate rule: not judged. {subject} is a surrogate by design; {found}."
         else:
-            head = self._head(
-                notes,
-                subject=f"{subject} is",
-                disagree=f"it disagrees with {self.witness}",
-                twin=(
-                    f"{subject} agrees with finite differences, but {self.witness} does not: fix "
-                    f"the reference; the rule is not blamed."
-                ),
-                agrees=f"it agrees with {witnesses}",
+            voice = Voice(
+                f"{subject} is",
+                f"the {self.noun}",
+                self.witness,
+                "finite differences",
+                "the reference",
             )
+            head = self._head(notes, voice)
         return "\n".join([head, *notes])
 
     def _header(self) -> str:

@@ -25,10 +25,12 @@ from jaxcheck._engine.evaluate import processes as distributed
 from jaxcheck._engine.evaluate.compile_cache import enabled
 from jaxcheck._engine.evaluate.incremental import perturbed_cost
 from jaxcheck._engine.evaluate.programs import fast, group_cost, program, progress_bar
+from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.twin import Twin
 from jaxcheck._engine.verdict.classify import U64
 
 __all__ = [
+    "DEFAULTS",
     "DEFAULT_CPU_BUDGET",
     "Evaluation",
     "INCREMENTAL_MIN_SIZE",
@@ -39,6 +41,9 @@ __all__ = [
     "lower",
     "uses_incremental",
 ]
+
+#: The options of a check given none.
+DEFAULTS = Options()
 
 _LOG = logging.getLogger("jaxcheck")
 
@@ -239,14 +244,13 @@ def _batches(
     twin: Twin,
     leaves: Sequence[np.ndarray],
     probes: Sequence[Probe],
-    batch_size: int | None,
-    memory_budget: int | None,
-    devices: Sequence[Any] | None,
-    incremental: bool | None,
+    options: Options,
 ) -> _Batches:
-    devices = tuple(devices or jax.devices())
+    devices = tuple(options.devices or jax.devices())
     n_dev = len(devices)
-    budget = memory_budget if memory_budget is not None else default_memory_budget(devices)
+    budget = options.memory_budget
+    budget = budget if budget is not None else default_memory_budget(devices)
+    batch_size, incremental = options.batch_size, options.incremental
     layout, counts, args, sizes = [], [], [], []
     for probe in probes:
         inc = uses_incremental(probe, leaves, incremental)
@@ -300,17 +304,14 @@ def lower(
     probes: Sequence[Probe],
     *,
     with_gradient: bool = True,
-    batch_size: int | None = None,
-    memory_budget: int | None = None,
-    devices: Sequence[Any] | None = None,
-    incremental: bool | None = None,
+    options: Options = DEFAULTS,
 ) -> jax.stages.Lowered:
     """The program :func:`evaluate` runs for these probes, lowered (for cost and memory analysis).
 
-    Call with x64 enabled.
+    Call with x64 enabled; ``options`` as for :func:`evaluate`.
     """
     probes = [p for p in probes if p.count > 0]
-    b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
+    b = _batches(twin, leaves, probes, options)
     small = fast([p.count for p in probes])
     built = program(twin, b.layout, with_gradient, False, b.devices, small)
     return built.lower(*_inputs(twin, leaves, None, b))
@@ -323,13 +324,8 @@ def evaluate(
     *,
     backprop: Sequence[np.ndarray] | None = None,
     with_gradient: bool = True,
-    batch_size: int | None = None,
-    memory_budget: int | None = None,
+    options: Options = DEFAULTS,
     progress: bool | None = None,
-    devices: Sequence[Any] | None = None,
-    incremental: bool | None = None,
-    cache: bool | None = None,
-    compile: bool | None = None,
 ) -> tuple[float, float, list[np.ndarray] | None, list[Evaluation]]:
     """Evaluates the twin at θ and at every perturbed point the probes ask for.
 
@@ -341,18 +337,17 @@ def evaluate(
         probes: the probe groups (groups with no probes are skipped).
         backprop: the user's gradient leaves (needed by direction probes).
         with_gradient: also return ``jax.grad`` of the twin at θ.
-        batch_size: perturbations per batch and device; ``None`` picks it from the budget.
-        memory_budget: bytes a batch may use per device; ``None``: :func:`default_memory_budget`.
+        options: what the check's options say of evaluation: ``batch_size`` (perturbations
+            per batch and device; ``None`` picks it from ``memory_budget``, bytes a batch may
+            use per device, by default :func:`default_memory_budget`), ``devices`` (to split
+            each batch over; ``None``: all of ``jax.devices()``), ``incremental`` (``None``:
+            large leaves from 64 entries up are evaluated incrementally, ``False``: every
+            perturbed point from scratch), ``cache`` (compiled programs kept on disk,
+            :mod:`jaxcheck._engine.evaluate.compile_cache`; ``None``: unless
+            ``JAXCHECK_NO_CACHE=1``) and ``compile`` (``True`` always compiles; ``None``
+            evaluates small checks with NumPy, :mod:`jaxcheck._engine.evaluate.eager`, which
+            is faster than compiling them; ``False`` does so whenever the twin allows).
         progress: show a progress bar; ``None``: only on a terminal.
-        devices: devices to split each batch over; ``None``: all of ``jax.devices()``.
-        incremental: evaluate large leaves incrementally; ``None``: from 64 entries up, False:
-            every perturbed point from scratch.
-        cache: keep compiled programs on disk (:mod:`jaxcheck._engine.evaluate.compile_cache`);
-        ``None``: unless
-            ``JAXCHECK_NO_CACHE=1``.
-        compile: ``True`` always compiles the program; ``None`` evaluates small checks with
-            NumPy instead (:mod:`jaxcheck._engine.evaluate.eager`), which is faster than
-            compiling them; ``False`` does so whenever the twin allows, whatever its size.
 
     Returns:
         ``(cost at θ, the largest sum of magnitudes among the twin's intermediates at θ (see
@@ -361,23 +356,21 @@ def evaluate(
         probe)``.
     """
     probes = [p for p in probes if p.count > 0]
-    if _interpretable(
-        twin, leaves, probes, compile, batch_size, memory_budget, devices, incremental
-    ):
+    if _interpretable(twin, leaves, probes, options):
         try:
             return _evaluate_eager(twin, leaves, probes, with_gradient)
         except Exception as err:  # noqa: BLE001 - the compiled program is the reference
             _LOG.debug(
                 "jaxcheck: compiling instead of interpreting (%s: %s)", type(err).__name__, err
             )
-    b = _batches(twin, leaves, probes, batch_size, memory_budget, devices, incremental)
+    b = _batches(twin, leaves, probes, options)
     devices, sizes = b.devices, b.sizes
     modes = [inc for *_, inc in b.layout]
     inputs = _inputs(twin, leaves, backprop, b)
     distributed.verify_same_everywhere(*inputs[:3], (b.layout, b.batches, b.sizes), devices)
     inputs = distributed.global_inputs(*inputs, devices)
     shape = b.layout
-    persistent = enabled(cache)
+    persistent = enabled(options.cache)
     small = fast([p.count for p in probes])
     with progress_bar(sum(b.batches), progress) as bar, jax.disable_jit(False):
         try:
@@ -433,8 +426,7 @@ def _interpretable(
     twin: Twin,
     leaves: Sequence[np.ndarray],
     probes: Sequence[Probe],
-    compile: bool | None,
-    *explicit: Any,
+    options: Options,
 ) -> bool:
     """Whether the check is evaluated with NumPy (:mod:`jaxcheck._engine.evaluate.eager`).
 
@@ -443,11 +435,13 @@ def _interpretable(
     directions (drawn by JAX inside the program), or, unless ``compile=False``, past
     :data:`~jaxcheck._engine.evaluate.eager.MAX_WORK`.
     """
-    if compile is True or any(e is not None for e in explicit) or jax.process_count() > 1:
+    o = options
+    explicit = (o.batch_size, o.memory_budget, o.devices, o.incremental)
+    if o.compile is True or any(e is not None for e in explicit) or jax.process_count() > 1:
         return False
     if any(p.kind == "direction" for p in probes) or not eager.supports(twin.jaxpr):
         return False
-    if compile is False:
+    if o.compile is False:
         return True
     points = sum(p.count * _evals(p) for p in probes) + 3  # + cost, gradient, terms
     return points * eager.work(twin.jaxpr) <= eager.MAX_WORK

@@ -11,6 +11,7 @@ import jaxcheck as jc
 from jaxcheck import models
 from jaxcheck._engine.evaluate import eager
 from jaxcheck._engine.evaluate.finite_differences import Probe, evaluate
+from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.twin import trace
 
 RNG = np.random.default_rng(7)
@@ -108,8 +109,8 @@ def test_evaluation_matches_the_compiled_program(name: str) -> None:
     with jax.enable_x64(True):
         twin = trace(model.jax_cost, treedef, leaves, "given")
         probes = _probes(leaves)
-        numpy_run = evaluate(twin, leaves, probes, compile=None, cache=False)
-        xla_run = evaluate(twin, leaves, probes, compile=True, cache=False)
+        numpy_run = evaluate(twin, leaves, probes, options=Options(cache=False))
+        xla_run = evaluate(twin, leaves, probes, options=Options(compile=True, cache=False))
     np.testing.assert_allclose(numpy_run[0], xla_run[0], rtol=1e-13)
     np.testing.assert_allclose(numpy_run[1], xla_run[1], rtol=1e-12)
     for g, want in zip(numpy_run[2], xla_run[2]):

@@ -35,10 +35,10 @@ def _evaluate(model, *, incremental, batch_size=None, memory_budget=None):
             system.leaves64,
             [g.probe for g in groups],
             backprop=system.backprop,
-            batch_size=batch_size,
-            memory_budget=memory_budget,
+            options=Options(
+                batch_size=batch_size, memory_budget=memory_budget, incremental=incremental
+            ),
             progress=False,
-            incremental=incremental,
         )
 
 
@@ -71,8 +71,7 @@ def test_incremental_evaluation_skips_the_first_product():
                 system.leaves64,
                 [probe],
                 with_gradient=False,
-                batch_size=probe.count,
-                incremental=incremental,
+                options=Options(batch_size=probe.count, incremental=incremental),
             )
             analysis = lowered.compile().cost_analysis()
             analysis = analysis[0] if isinstance(analysis, list) else analysis
@@ -107,10 +106,12 @@ def test_batch_size_follows_the_memory_budget_and_bounds_compiled_memory():
         with jax.enable_x64(True):
             for budget in (2**18, 2**22):
                 batches = fd._batches(
-                    system.twin, system.leaves64, probes, None, budget, None, None
+                    system.twin, system.leaves64, probes, Options(memory_budget=budget)
                 )
                 sizes.append(batches.sizes[-1])
-                lowered = fd.lower(system.twin, system.leaves64, probes, memory_budget=budget)
+                lowered = fd.lower(
+                    system.twin, system.leaves64, probes, options=Options(memory_budget=budget)
+                )
                 # one batch of perturbations at a time: the budget bounds the working memory,
                 # whatever the number of parameters
                 assert lowered.compile().memory_analysis().temp_size_in_bytes <= budget
