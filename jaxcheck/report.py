@@ -13,7 +13,7 @@ from typing import Any, ClassVar, NamedTuple
 from jaxcheck._engine.verdict.classify import Status
 from jaxcheck._engine.verdict.diagnosis import Diagnosis
 
-__all__ = ["LeafReport", "Report"]
+__all__ = ["LeafReport", "Report", "Voice"]
 
 _STATUS_WORDS = {
     "ok": "correct",
