@@ -262,6 +262,26 @@ def test_only_user_code_is_ported():
     assert not _is_user_function(jnp.sum)  # jax
 
 
+def test_of_jaxcheck_only_the_systems_under_test_and_their_adapters_are_ported():
+    from jaxcheck import lesson, models, plotting, report
+    from jaxcheck._engine.evaluate import programs
+    from jaxcheck._engine.system import layer
+    from jaxcheck._engine.verdict import classify
+    from jaxcheck.port._user import is_user_function as _is_user_function
+
+    # what stands in the user's place: shipped NumPy models, and the code that makes a layer's
+    # forward one cost
+    assert _is_user_function(lesson.backward_propagation_n)
+    assert _is_user_function(models.make("relu_mlp").cost)
+    assert _is_user_function(layer.Layer.cost)
+    # jaxcheck's own machinery is a library
+    assert not _is_user_function(classify.relative_difference)
+    assert not _is_user_function(programs.program)
+    assert not _is_user_function(report.Report.to_dict)
+    assert not _is_user_function(plotting.plot_report)
+    assert not _is_user_function(port)
+
+
 def test_wrong_arguments_are_not_port_errors():
     with pytest.raises(TypeError, match="argument"):
         port(nm.two_layer_cost)(1)

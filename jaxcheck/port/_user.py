@@ -1,7 +1,10 @@
 """Which code is the user's (ported, and its state restored) and which is a library's (left alone).
 
 NumPy, JAX, the standard library and installed packages are libraries; everything else (the
-user's files, notebooks, ``jaxcheck.lesson`` and ``jaxcheck.models``) is the user's.
+user's files and notebooks) is the user's. Of jaxcheck itself, only what stands in the user's
+place is: the NumPy systems under test it ships (``jaxcheck.lesson``, ``jaxcheck.models``, the
+demo) and the adapters that make a layer's or an object's code one cost (``_engine.system``,
+``_engine.doors``), whose code sits between the port and the user's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ import sysconfig
 import types
 from typing import Any
 
+#: jaxcheck's modules (and their submodules) that are ported like the user's code.
+_JAXCHECK_PORTED = (
+    "jaxcheck.lesson",
+    "jaxcheck.models",
+    "jaxcheck.demo",
+    "jaxcheck._engine.system",
+    "jaxcheck._engine.doors",
+)
 # Top-level packages whose code is never ported, wherever they are installed.
 _LIBRARY_ROOTS = frozenset(
     {"numpy", "jax", "jaxlib", "scipy", "ml_dtypes", "opt_einsum", "pytest", "_pytest", "pluggy"}
@@ -33,8 +44,8 @@ def _library_dirs() -> tuple[str, ...]:
 def is_user_code(module: str, filename: str | None) -> bool:
     """Whether code of ``module`` in ``filename`` is the user's (ported) or a library's."""
     top = module.partition(".")[0]
-    if top == "jaxcheck":  # jaxcheck.lesson, jaxcheck.models.*: NumPy systems under test
-        return not (module == "jaxcheck.port" or module.startswith("jaxcheck.port."))
+    if top == "jaxcheck":
+        return any(module == m or module.startswith(m + ".") for m in _JAXCHECK_PORTED)
     if top in _LIBRARY_ROOTS:
         return False
     if not filename or filename.startswith("<"):  # <frozen os>, <string>, <stdin>, <doctest>
