@@ -201,7 +201,7 @@ def _function_name(torch: Any, fn: Callable) -> str:
     return name if name and name != "<lambda>" else "fn"
 
 
-def _function_class(torch: Any, fn: Callable) -> type | None:
+def _function_class(torch: Any, fn: Callable) -> type[Any] | None:
     owner = getattr(fn, "__self__", None)
     if isinstance(owner, type) and issubclass(owner, torch.autograd.Function):
         return owner

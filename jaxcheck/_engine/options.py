@@ -7,6 +7,7 @@ every later stage (plan, evaluate, judge, report) reads it whole.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -65,7 +66,12 @@ class Options:
                 f"(got {self.method!r})."
             )
         for name in ("eps", "rtol"):
-            _positive_float(name, getattr(self, name))
+            value = getattr(self, name)
+            _positive_float(name, value)
+            if not isinstance(value, (type(None), float, np.floating, numbers.Integral)):
+                # a Fraction, say: NumPy would make object arrays of it. Floats and integers stay
+                # as given, since NumPy's type promotion may depend on which they are.
+                object.__setattr__(self, name, float(value))
         if self.rtol is not None and self.rtol >= 1:
             raise InputError(f"rtol={self.rtol!r}: expected a relative tolerance below 1.")
         if (
@@ -141,5 +147,9 @@ def _positive_float(name: str, value: Any) -> None:
         return
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise InputError(f"{name}={value!r}: expected a positive float or None.")
-    if not (np.isfinite(value) and value > 0):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer or Fraction beyond the largest float
+        number = math.inf
+    if not (math.isfinite(number) and number > 0):
         raise InputError(f"{name}={value!r}: expected a positive, finite float or None.")

@@ -99,7 +99,7 @@ def relu(z: np.ndarray) -> np.ndarray:
     return np.maximum(z, 0)
 
 
-def bce_with_logits(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+def bce_with_logits(z: np.ndarray, y: np.ndarray) -> np.floating:
     """Mean over examples (axis 1) of the summed binary cross-entropy of ``sigmoid(z)`` vs ``y``.
 
     Written as ``softplus(z) - y z``, which is exact for large ``|z|`` where ``log(sigmoid(z))``

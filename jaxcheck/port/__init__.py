@@ -33,8 +33,9 @@ try:  # JAX's source information (and tracebacks) then point at the user's lines
 except Exception:  # noqa: BLE001 - a private API: without it only JAX's notes are less precise
     pass
 
-_TRACER = getattr(jax.core, "Tracer", None)
-if _TRACER is None:  # pragma: no cover - a jax that no longer exports it
+try:
+    from jax.core import Tracer as _TRACER
+except ImportError:  # pragma: no cover - a jax that no longer exports it
     from jax._src.core import Tracer as _TRACER
 
 _ENTRIES: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
@@ -110,9 +111,10 @@ def port(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     if _is_entry(fn):
         return fn
-    if _root(fn) is None:
+    root = _root(fn)
+    if root is None:
         raise port_error(not_python_message(fn))
-    return _entry(fn)
+    return _entry(fn, root)
 
 
 def view_writes(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -146,10 +148,12 @@ def _root(obj: Any) -> types.FunctionType | None:
     return call if isinstance(call, types.FunctionType) else None
 
 
-def _entry(target: Any) -> Callable[..., Any]:
-    """The function :func:`port` returns: runs ``target`` ported, in a session, errors named."""
+def _entry(target: Any, root: types.FunctionType) -> Callable[..., Any]:
+    """The function :func:`port` returns: runs ``target`` ported, in a session, errors named.
+
+    ``root`` is :func:`_root` of ``target``, the function whose code runs first.
+    """
     target_name = describe(target)
-    root = _root(target)
 
     def ported(*args: Any, **kwargs: Any) -> Any:
         if isolate.current() is not None:  # called from ported code: part of that run

@@ -96,6 +96,7 @@ class Session:
 
     def _record(self, obj: Any, depth: int) -> None:
         kind = type(obj)
+        snapshot: dict[Any, Any] | list[Any]
         if kind in _ATOMS or depth > MAX_DEPTH or isinstance(obj, _SKIP):
             return
         if id(obj) in self._seen or len(self._records) >= MAX_CONTAINERS:
@@ -163,6 +164,7 @@ def _has_instance_dict(cls: type) -> bool:
 
 def _is_user_object(obj: Any) -> bool:
     try:
-        return _has_instance_dict(type(obj)) and isinstance(getattr(obj, "__dict__", None), dict)
+        cls: type = type(obj)
+        return _has_instance_dict(cls) and isinstance(getattr(obj, "__dict__", None), dict)
     except TypeError:  # an unhashable class
         return False

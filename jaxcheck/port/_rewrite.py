@@ -518,8 +518,8 @@ class Rewriter(ast.NodeTransformer):
 
             return out, _name(holder), store_item
         out = []
-        holder = self._evaluated(self.visit(node), out)
-        return out, holder, lambda new: []
+        evaluated = self._evaluated(self.visit(node), out)
+        return out, evaluated, lambda new: []
 
     def _rebind_name(self, identifier: str, new: ast.expr) -> list[ast.stmt]:
         scope = self.scopes[-1]

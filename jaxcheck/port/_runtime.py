@@ -123,7 +123,7 @@ def _routed(fn: Any) -> Any:
     return routed
 
 
-def _construct(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _construct(cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``cls(*args)`` for a user class, with its ``__init__`` ported.
 
     Done the way ``type.__call__`` does it, unless a metaclass changes how instances are made.
@@ -147,7 +147,7 @@ def _construct(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
-class Overlay(dict):  # type: ignore[type-arg]
+class Overlay(dict[str, Any]):
     """The globals of ported code: jaxcheck's helpers, then the user's module globals, live.
 
     Reads fall through to the user's module (``__missing__``), so a rebound global is seen at

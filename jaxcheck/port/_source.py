@@ -30,7 +30,9 @@ FUTURE_FLAGS = functools.reduce(
 
 
 # filename -> (the linecache lines it was compiled from, future flags, plain, rewritten, tree)
-_FILES: dict[str, tuple[list[str], int, Any, Any, ast.Module | None]] = {}
+_FILES: dict[
+    str, tuple[list[str], int, types.CodeType | None, types.CodeType | None, ast.Module | None]
+] = {}
 # id(original code) -> (the original code, kept alive so that the id stays its own; rewritten)
 _CODES: dict[int, tuple[types.CodeType, types.CodeType | None]] = {}
 
@@ -120,9 +122,10 @@ def _compile_file(
         except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
             plain = rewritten = None
         cached = _FILES[filename] = (lines, flags, plain, rewritten, tree)
-    if cached[2] is None or cached[3] is None:
+    _, _, plain, rewritten, tree = cached
+    if plain is None or rewritten is None or tree is None:  # a tree is parsed before compiling
         return None
-    return cached[2], cached[3], cached[4]
+    return plain, rewritten, tree
 
 
 def _walk_code(

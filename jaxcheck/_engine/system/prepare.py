@@ -328,7 +328,7 @@ def prepare(
         twin=twin,
         leaves=leaves.values,
         paths=leaves.paths,
-        backprop=backprop,
+        backprop=backprop if backprop is not None else [],  # check_hvp: no gradient
         options=options,
         cost=value,
     )

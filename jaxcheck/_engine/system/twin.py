@@ -204,7 +204,7 @@ def _narrow(jaxpr: Any) -> tuple[str, ...]:
     twin's finite differences float32 differences, which are not to be trusted.
     """
     dependent = set(map(id, jaxpr.invars))
-    found = []
+    found: list[str] = []
     for eqn in jaxpr.eqns:
         if not any(id(v) in dependent for v in eqn.invars if not isinstance(v, _Literal)):
             continue

@@ -81,6 +81,7 @@ def _opinions(
     op = difference_opinions(bp, ad, up, down, s_up, s_down, value, rounding)
     refined = np.zeros(rows.size, bool)
     if ev.up2 is not None:
+        assert ev.down2 is not None  # both sides at 2h, or neither
         up2, down2 = ev.up2[rows], ev.down2[rows]
         add_double(
             op, difference_opinions(bp, ad, up2, down2, 2 * s_up, 2 * s_down, value, rounding)
@@ -203,10 +204,11 @@ def collect(
             e = evidence[i]
             rows = np.arange(n)
             if e.directions is None:
-                e.directions, e.directions_refined = _opinions(
-                    ev.projected_backprop, ev.projected_autodiff, ev, value, rows
-                )
+                along_bp, along_ad = ev.projected_backprop, ev.projected_autodiff
+                assert along_bp is not None and along_ad is not None  # a direction's projections
+                e.directions, e.directions_refined = _opinions(along_bp, along_ad, ev, value, rows)
             else:  # a re-evaluation at 2h of some directions
+                assert e.directions_refined is not None  # set with e.directions
                 picked = local
                 d = e.directions
                 sub = _take(d, picked)
@@ -277,7 +279,7 @@ def leaf_tolerance(
 
 
 def _at(tol: Tolerance, rows: np.ndarray) -> Tolerance:
-    atol = tol.atol[rows] if np.ndim(tol.atol) else tol.atol
+    atol = np.asarray(tol.atol)[rows] if np.ndim(tol.atol) else tol.atol
     return dataclasses.replace(tol, atol=atol)
 
 
@@ -326,6 +328,7 @@ def refinement(
             chosen[i] = picked
         d = e.directions
         if d is not None:
+            assert e.directions_refined is not None  # set with e.directions
             tol_d = dataclasses.replace(tol, atol=float(np.max(tol.atol, initial=0.0)))
             bad = np.flatnonzero(vd.suspicious(d, tol_d) & ~e.directions_refined)
             if bad.size:
@@ -342,7 +345,7 @@ def classes_of(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-entry and per-direction status codes of one leaf."""
     autodiff = ad is not None
-    if autodiff:
+    if ad is not None:
         classes = np.where(vd.backprop_agrees(bp, ad, tol), vd.OK, vd.BACKPROP).astype(np.int8)
     else:
         classes = np.full(bp.shape, vd.OK, np.int8)

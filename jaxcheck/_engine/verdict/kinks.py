@@ -181,7 +181,7 @@ def _violations(
     curvature = np.maximum(np.abs(up_2 - up), np.abs(down_2 - down))
     values = np.abs(np.concatenate([ev.up, ev.down]))
     rounding = vd.rounding(max(float(np.max(values)), abs(value)), 1.0)
-    atol = tol.atol[kink] if np.ndim(tol.atol) else np.full(kink.size, tol.atol)
+    atol = np.asarray(tol.atol)[kink] if np.ndim(tol.atol) else np.full(kink.size, tol.atol)
     margin = 8 * rounding + curvature + (tol.rtol * np.abs(g) + atol) @ np.abs(displacement.T)
     product = displacement @ g
     with np.errstate(invalid="ignore"):

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 import jaxcheck as jc
+from jaxcheck._engine.evaluate import processes
+from jaxcheck._engine.options import Options
+from jaxcheck._engine.system.prepare import prepare
 from jaxcheck._engine.verdict import evidence as judge
 
 X = np.random.default_rng(0).normal(size=(6, 3))
@@ -189,3 +192,15 @@ def test_a_cost_written_with_jax_numpy_in_float32_is_matched_at_float32_precisio
     with jax.enable_x64(False):
         report = jc.check(jnp_cost, grad, PARAMS, jax_cost=twin)
     assert report.ok and report.cost_mismatch > 1e-9  # a float32 cost, not refused for it
+
+
+def test_a_check_of_no_gradient_meets_the_other_processes(monkeypatch):
+    # check_hvp's system has no backprop; across processes it is compared as none (it was a
+    # TypeError from inside the meeting). Two processes that agree, faked: both publish ours.
+    met = []
+    monkeypatch.setattr(processes, "client", lambda: object())
+    monkeypatch.setattr(processes, "spans_processes", lambda devices: True)
+    monkeypatch.setattr(processes, "meet", lambda payload: met.append(payload) or [payload] * 2)
+    system = prepare(cost, None, PARAMS, None, Options(), gradient=False)
+    assert system.backprop is None
+    assert len(met) == 1 and met[0]["backprop"] == [] and met[0]["params"]
