@@ -42,12 +42,12 @@ class Options:
     seed: int = 0
     memory_budget: int | None = None
     progress: bool | None = None
-    devices: tuple[Any, ...] | None = None
+    devices: Sequence[Any] | None = None
     incremental: bool | None = None
     twin: str = "auto"
     cache: bool | None = None
     compile: bool | None = None
-    expected: tuple[tuple[str, str], ...] | None = None
+    expected: Mapping[str, str] | tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or self.method not in METHODS:

@@ -318,7 +318,7 @@ class _Cotangent:
     def like(self, out: Any) -> Any:
         """The cotangent in the dtypes of ``out`` (float0 zeros for integer outputs)."""
         leaves = jax.tree_util.tree_leaves(out)
-        cts = []
+        cts: list[Any] = []
         for ct, leaf in zip(self.values, leaves):
             if ct is None:
                 cts.append(np.zeros(np.shape(leaf), dtype=jax.dtypes.float0))

@@ -115,9 +115,9 @@ def step_sweep(
     """
     if method not in ("full", "sample"):
         raise InputError(f"step_sweep supports method='full' or 'sample', not {method!r}.")
-    steps = np.sort(np.asarray(np.logspace(-12, -1, 23) if steps is None else steps, float))
-    if steps.ndim != 1 or steps.size == 0 or not np.all(np.isfinite(steps) & (steps > 0)):
-        raise InputError(f"steps must be a non-empty list of positive floats, got {steps!r}.")
+    grid = np.sort(np.asarray(np.logspace(-12, -1, 23) if steps is None else steps, float))
+    if grid.ndim != 1 or grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
+        raise InputError(f"steps must be a non-empty list of positive floats, got {grid!r}.")
     base = Options(
         method=method,
         samples=samples,
@@ -128,28 +128,31 @@ def step_sweep(
     )
     system = prepare(cost, grad, params, jax_cost, base)
     evaluator = Evaluator(system, base, RunRecord(system.twin, system.twin_error))
-    diff_bp, diff_ad = [], []
+    diff_bp: list[float] = []
+    diff_ad: list[float] = []
     with jax.enable_x64(True):
-        for h in steps:
+        for h in grid:
             options = dataclasses.replace(base, eps=float(h))
             groups = plan(system.leaves64, system.leaves.paths, options)
             _, gradient, evals = evaluator(groups, with_gradient=True)
-            fd, bp, ad = [], [], []
+            assert gradient is not None and system.backprop is not None  # both asked for
+            parts: list[np.ndarray] = []
+            bp: list[float] = []
+            ad: list[float] = []
             for group, e in zip(groups, evals):
                 n = group.probe.count
-                fd.append((e.up - e.down) / (e.step_up + e.step_down))
+                parts.append((e.up - e.down) / (e.step_up + e.step_down))
                 for owner, local in zip(group.owner[:n], group.local[:n]):
                     bp.append(float(system.backprop[owner].reshape(-1)[local]))
                     ad.append(float(gradient[owner].reshape(-1)[local]))
-            fd = np.concatenate(fd)
+            fd = np.concatenate(parts)
             diff_bp.append(vd.relative_difference(np.array(bp), fd))
             diff_ad.append(vd.relative_difference(fd, np.array(ad)))
-    diff_bp, diff_ad = np.array(diff_bp), np.array(diff_ad)
     finite = np.where(np.isfinite(diff_ad), diff_ad, np.inf)
     return StepSweep(
-        steps=steps,
-        difference_fd=diff_bp,
-        difference_fd_autodiff=diff_ad,
-        best_step=float(steps[int(np.argmin(finite))]),
+        steps=grid,
+        difference_fd=np.array(diff_bp),
+        difference_fd_autodiff=np.array(diff_ad),
+        best_step=float(grid[int(np.argmin(finite))]),
         default_step=float(default_step(np.zeros(1))[0]),
     )

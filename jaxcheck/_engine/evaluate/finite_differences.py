@@ -92,6 +92,12 @@ class Probe:
     ids: np.ndarray | None = None
     vectors: np.ndarray | None = None
 
+    def steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The exact steps up and down of a coordinate probe."""
+        if self.step_up is None or self.step_down is None:
+            raise ValueError(f"a {self.kind} probe has no coordinate steps")
+        return self.step_up, self.step_down
+
 
 @dataclasses.dataclass
 class Evaluation:
@@ -263,12 +269,13 @@ def _batches(
         width = size * n_dev
         batches = math.ceil(probe.count / width)
         if probe.kind == "coordinate":
+            up, down = probe.steps()
             arrays = tuple(
                 _pad_rows(a, batches, width)
                 for a in (
-                    probe.coords.astype(np.int32),
-                    probe.step_up.astype(np.float64),
-                    probe.step_down.astype(np.float64),
+                    np.asarray(probe.coords, np.int32),
+                    np.asarray(up, np.float64),
+                    np.asarray(down, np.float64),
                 )
             )
         elif probe.kind == "vector":
@@ -288,7 +295,7 @@ def _batches(
 
 def _inputs(
     twin: Twin, leaves: Sequence[np.ndarray], backprop: Sequence[np.ndarray] | None, b: _Batches
-) -> tuple[Any, ...]:
+) -> tuple[list[Any], list[np.ndarray], list[np.ndarray], list[tuple[np.ndarray, ...]]]:
     bp = backprop if backprop is not None else [np.zeros_like(v) for v in leaves]
     return (
         list(twin.consts),
@@ -367,8 +374,9 @@ def evaluate(
     devices, sizes = b.devices, b.sizes
     modes = [inc for *_, inc in b.layout]
     inputs = _inputs(twin, leaves, backprop, b)
-    distributed.verify_same_everywhere(*inputs[:3], (b.layout, b.batches, b.sizes), devices)
-    inputs = distributed.global_inputs(*inputs, devices)
+    consts, values, bp, args = inputs
+    distributed.verify_same_everywhere(consts, values, bp, (b.layout, b.batches, b.sizes), devices)
+    inputs = distributed.global_inputs(consts, values, bp, args, devices)
     shape = b.layout
     persistent = enabled(options.cache)
     small = fast([p.count for p in probes])
@@ -391,7 +399,8 @@ def evaluate(
             shape = tuple((g, k, d, False) for g, k, d, _ in shape)
             built = program(twin, shape, with_gradient, bar, devices, small)
             value, gradient, outs = built(*inputs, persistent=persistent)
-    value, terms = float(value[0]), float(value[1])
+    totals = np.asarray(value)
+    value, terms = float(totals[0]), float(totals[1])
     gradient = None if gradient is None else [np.asarray(g) for g in gradient]
     outs = jax.tree_util.tree_map(np.asarray, outs)
     evaluations = []
@@ -406,9 +415,7 @@ def evaluate(
         elif probe.kind == "coordinate":
             up2, down2 = (flat[2], flat[3]) if probe.double else (None, None)
             evaluations.append(
-                Evaluation(
-                    flat[0], flat[1], probe.step_up, probe.step_down, up2, down2, None, None, size
-                )
+                Evaluation(flat[0], flat[1], *probe.steps(), up2, down2, None, None, size)
             )
         else:
             up, down, proj_ad, proj_bp, s_up, s_down = flat
@@ -469,7 +476,7 @@ def _evaluate_eager(
         coords = np.asarray(probe.coords, np.int64)
         both, steps = (
             np.concatenate([coords, coords]),
-            np.concatenate([probe.step_up, -probe.step_down]),
+            np.concatenate([probe.steps()[0], -probe.steps()[1]]),
         )
         if probe.double:
             both, steps = np.concatenate([both, both]), np.concatenate([steps, 2 * steps])
@@ -480,8 +487,7 @@ def _evaluate_eager(
             Evaluation(
                 parts[0],
                 parts[1],
-                probe.step_up,
-                probe.step_down,
+                *probe.steps(),
                 up2,
                 down2,
                 None,

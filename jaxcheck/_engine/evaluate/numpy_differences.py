@@ -97,14 +97,14 @@ def _evaluate(
             i, j = int(group.owner[k]), int(group.local[k])
             for m, mult in enumerate(multiples):
                 flat = leaves64[i].reshape(-1).copy()
-                step = probe.step_up[k] if mult > 0 else probe.step_down[k]
+                step = probe.steps()[0 if mult > 0 else 1][k]
                 flat[j] += mult * step
                 values[m, k], u = at({i: flat.reshape(leaves64[i].shape)})
                 units.append(u)
         up, down = values[0], values[1]
         if probe.double:
             up2, down2 = values[2], values[3]
-        steps_up, steps_down = probe.step_up, probe.step_down
+        steps_up, steps_down = probe.steps()
     else:
         i = probe.leaves[0]
         x = leaves64[i].reshape(-1)

@@ -73,7 +73,7 @@ def replicated(tree: Any, mesh: Mesh | None) -> Any:
     read by every process (``np.asarray``) without a separate gather after the program. On one
     process the tree is returned unchanged.
     """
-    if mesh is None or not spans_processes(mesh.devices.flat):
+    if mesh is None or not spans_processes(list(mesh.devices.flat)):
         return tree
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, PartitionSpec()))
 
@@ -97,7 +97,9 @@ def global_inputs(
     """
     if not spans_processes(devices):
         return list(consts), list(leaves), list(backprop), [tuple(a) for a in probe_args]
-    split = NamedSharding(probe_mesh(devices), PartitionSpec(None, AXIS))
+    mesh = probe_mesh(devices)
+    assert mesh is not None  # the devices span processes
+    split = NamedSharding(mesh, PartitionSpec(None, AXIS))
 
     def put(x: Any) -> jax.Array:
         x = np.asarray(x)
@@ -126,7 +128,7 @@ def _digest(arrays: Sequence[Any]) -> bytes:
     for x in arrays:
         x = np.ascontiguousarray(_host(x))
         digest.update(f"{x.shape}{x.dtype.str}".encode())
-        digest.update(x)
+        digest.update(x.reshape(-1).view(np.uint8).data)
     return digest.digest()
 
 
