@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxcheck._engine.doors.door import door
 from jaxcheck._engine.doors.pipeline import run
-from jaxcheck._engine.doors.rule import EXPECTATIONS, RuleReport, reference_gap
+from jaxcheck._engine.doors.rule import RuleReport, reference_gap, rule_options
 from jaxcheck._engine.options import Options
 from jaxcheck._engine.system.arguments import argument_names
 from jaxcheck._engine.system.prepare import prepare
@@ -104,11 +104,7 @@ def check(
     start = time.perf_counter()
     if not callable(fn):
         raise InputError(f"fn must be callable (e.g. MyFunction.apply), got {type(fn).__name__}.")
-    if reference is not None and not callable(reference):
-        raise InputError(f"reference must be callable or None, got {type(reference).__name__}.")
-    if not isinstance(expected, str) or expected not in EXPECTATIONS:
-        raise InputError(f"expected={expected!r} is not one of {EXPECTATIONS}.")
-    opts = _options(seed, options)
+    opts = _options(reference, expected, seed, options)
     name = _function_name(torch, fn)
     inputs_ = _Inputs(torch, fn, inputs)
     out = _call(torch, fn, inputs_.rebuild(inputs_.params), f"{name}(*inputs)")
@@ -150,17 +146,10 @@ def _torch() -> Any:
     return torch
 
 
-def _options(seed: int, options: dict[str, Any]) -> Options:
-    from jaxcheck._engine.doors.rule import _options as rule_options
-
-    if "twin" in options:
-        raise InputError(
-            "twin= does not apply to jaxcheck.torch.check: finite differences of the torch "
-            "forward are the second opinion; pass reference= for the autodiff opinion."
-        )
-
+def _options(reference: Any, expected: Any, seed: int, options: dict[str, Any]) -> Options:
     # No JAX twin: the forward is torch code (finite differences call it, in float64).
-    return dataclasses.replace(rule_options(seed, options, "jaxcheck.torch.check"), twin="none")
+    given = rule_options("jaxcheck.torch.check", reference, expected, seed, options)
+    return dataclasses.replace(given, twin="none")
 
 
 #: The tensor dtypes checked, as NumPy knows them (bfloat16 through ml_dtypes, which JAX ships).

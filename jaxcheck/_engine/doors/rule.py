@@ -36,6 +36,7 @@ __all__ = [
     "assert_rule",
     "check_rule",
     "reference_gap",
+    "rule_options",
 ]
 
 #: What the rule is expected to be: the derivative of the function, or a deliberate surrogate.
@@ -125,14 +126,7 @@ def check_rule(
     start = time.perf_counter()
     if not callable(f):
         raise InputError(f"f must be a callable JAX function, got {type(f).__name__}.")
-    if reference is not None and not callable(reference):
-        raise InputError(
-            f"reference must be callable (f without its rule) or None, got "
-            f"{type(reference).__name__}."
-        )
-    if not isinstance(expected, str) or expected not in EXPECTATIONS:
-        raise InputError(f"expected={expected!r} is not one of {EXPECTATIONS}.")
-    opts = _options(seed, options)
+    opts = rule_options("check_rule", reference, expected, seed, options)
     function = _name(f)
     inputs = _Inputs(f, args)
     with jax.enable_x64(True):
@@ -233,12 +227,33 @@ def _call(fn: Callable, args: Sequence[Any], what: str) -> Any:
         raise user_code_error(err, what) from err
 
 
-def _options(seed: int, options: dict[str, Any], door: str = "check_rule") -> Options:
-    """The engine's options of a rule door (``door`` names it in errors)."""
+def rule_options(
+    door: str, reference: Any, expected: Any, seed: int, options: dict[str, Any]
+) -> Options:
+    """The engine's options of a rule door, its own arguments checked first.
+
+    Args:
+        door: the door's name in errors (``"check_rule"``, ``"jaxcheck.torch.check"``).
+        reference: the function without its rule, or None.
+        expected: ``"derivative"`` or ``"surrogate"``.
+        seed: the cotangent's seed.
+        options: the engine's options the door was given.
+
+    Raises:
+        InputError: a reference that is not callable, another expectation, ``twin=`` (the
+            function itself gives the finite differences) or an unknown option.
+    """
+    if reference is not None and not callable(reference):
+        raise InputError(
+            f"reference must be callable (the function without its rule) or None, got "
+            f"{type(reference).__name__}."
+        )
+    if not isinstance(expected, str) or expected not in EXPECTATIONS:
+        raise InputError(f"expected={expected!r} is not one of {EXPECTATIONS}.")
     if "twin" in options:
         raise InputError(
-            f"twin= does not apply to {door}: the function itself gives the finite "
-            f"differences; pass reference= for the autodiff opinion."
+            f"twin= does not apply to {door}: finite differences of the function itself are "
+            f"the second opinion; pass reference= for the autodiff opinion."
         )
     reject_unknown(door, options, _ENGINE_OPTIONS)
     return Options(seed=seed, twin="required", **options)
