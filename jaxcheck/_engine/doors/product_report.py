@@ -188,6 +188,11 @@ class HvpReport(Report):
     nonlinear: list[str] = dataclasses.field(default_factory=list)
 
     @property
+    def witnesses(self) -> str:
+        """The references the product is judged against, in words."""
+        return " and ".join(w for w in (self.reference, self.finite_differences) if w)
+
+    @property
     def product(self) -> str:
         """The product in words."""
         return self.title

@@ -84,7 +84,7 @@ class RuleReport(Report):
         else:
             voice = Voice(
                 f"{subject} is",
-                f"the {self.noun}",
+                self.subject,
                 self.witness,
                 "finite differences",
                 "the reference",

@@ -233,8 +233,12 @@ def agree(
 #: processes; {detail}: what differs there) and the hint. Every sentence ends with _ADVICE.
 _DIFFERENCES = {
     "structure": (
-        "the params (or the data the JAX twin closes over) have other paths, shapes or dtypes "
-        "between processes ({where})",
+        "the params have other paths, shapes or dtypes between processes ({where})",
+        "pass identical params to the check in every process",
+    ),
+    "shapes": (
+        "the params or the data the JAX twin closes over have other shapes or dtypes between "
+        "processes ({where})",
         "pass identical params and data to the check in every process",
     ),
     "options": (
@@ -366,7 +370,7 @@ def verify_same_everywhere(
     """
     if not spans_processes(devices):
         return
-    names = ("structure", "params", "data", "backprop", "plan")
+    names = ("shapes", "params", "data", "backprop", "plan")
     rows = [
         hashlib.sha256(_structure(leaves) + b"|" + _structure(consts)).digest(),
         _digest(leaves),

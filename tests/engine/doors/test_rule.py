@@ -198,6 +198,8 @@ def test_a_reference_whose_gradient_is_wrong_is_blamed_not_the_rule():
     assert report.ok
     assert report.leaves["beta"].status == "twin"
     assert "fix the reference" in report.verdict
+    # the first sentence names the function whose rule is cleared
+    assert "where the custom rule of f agrees" in report.verdict.splitlines()[0]
 
 
 def test_a_reference_that_computes_another_function_stops_the_check():

@@ -263,6 +263,7 @@ def test_a_twin_with_a_wrong_second_derivative_is_blamed_not_hvp():
     assert report.ok
     assert report.leaves["x"].status == "twin"
     assert "fix the twin" in report.verdict
+    assert report.witnesses == "the exact product and finite differences of the gradient"
 
 
 def test_bad_products_and_options_raise_with_advice(net):

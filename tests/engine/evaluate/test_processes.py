@@ -268,3 +268,46 @@ def test_the_twin_digest_ignores_object_ids_but_not_constants():
     assert distributed._twin_text(one) == distributed._twin_text(same)
     assert distributed._twin_text(one) != distributed._twin_text(other)
     assert distributed._stable(("a", ("object", 1234), 3)) == ("a", ("object",), 3)
+
+
+# ---- what differs, in words: every process raises the same error from the same digests ----
+
+
+def _entries(**theirs):
+    ours = {
+        "structure": "s",
+        "options": [["check(): rtol", "1e-06"]],
+        "twin": "t",
+        "params": ["a", "b"],
+        "data": ["d", "x"],
+        "cost": (0.5).hex(),
+        "backprop": ["g", "h"],
+    }
+    return [ours, {**ours, **theirs}]
+
+
+@pytest.mark.parametrize(
+    ("theirs", "error", "words"),
+    [
+        ({"structure": "other"}, "InputError", "the params have other paths, shapes or dtypes"),
+        ({"options": [["check(): rtol", "2e-06"]]}, "InputError", "rtol is 1e-06 on process 0"),
+        ({"twin": "other"}, "InputError", "the JAX twin differs between processes"),
+        ({"params": ["a", "c"]}, "InputError", "params leaf 'W' (shape (2, 3)) differs"),
+        ({"data": ["d", "y"]}, "InputError", "(process 0 vs 1: array 1 of 1, shape (4,))"),
+        ({"cost": (0.25).hex()}, "InputError", "(process 0 vs 1: 0.5 vs 0.25)"),
+        ({"backprop": ["g", "i"]}, "NondeterminismError", "gradients for leaf 'W' between"),
+    ],
+)
+def test_each_difference_between_processes_is_named(theirs, error, words):
+    leaves = [np.zeros(3), np.zeros((2, 3))]
+    consts = [np.zeros(4)]
+    with pytest.raises(Exception) as caught:
+        distributed._raise_difference(_entries(**theirs), leaves, ["b", "W"], consts)
+    assert type(caught.value).__name__ == error
+    assert words in str(caught.value)
+    assert "every process runs the whole check on its own copy" in str(caught.value)
+
+
+def test_processes_that_agree_raise_nothing():
+    leaves = [np.zeros(3), np.zeros((2, 3))]
+    distributed._raise_difference(_entries(), leaves, ["b", "W"], [np.zeros(4)])
