@@ -7,7 +7,10 @@ cores; ``.ci/run`` runs them all.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -61,8 +64,10 @@ SLOW = {
         "test_json_stdout_holds_only_the_report_whatever_the_user_prints",
         "test_demo_runs_the_lesson_and_explains_the_false_alarm",
         "test_an_exit_at_import_is_a_usage_error_not_a_verdict",
+        "test_module_entry_point_help",
     },
     "test_port.py": {
+        "test_code_without_source_still_ports_the_functions_it_calls",
         "test_port_leaves_user_code_alone",
         "test_losses_with_branches_and_masked_reductions",
         "test_svm_naive_with_if_margin_is_checked_three_way",
@@ -90,6 +95,10 @@ SLOW = {
         "test_batch_size_follows_the_memory_budget_and_bounds_compiled_memory",
     },
     "engine/evaluate/test_incremental.py": {"test_incremental_value_equals_the_perturbed_twin"},
+    "engine/system/test_inputs.py": {
+        # a Python process each; [wrong] stays quick
+        "test_json_stays_one_object_when_the_module_prints_at_exit[correct]",
+    },
     "engine/doors/test_loss_and_grads.py": {
         "test_naive_svm_with_if_on_margins_is_checked_three_way",
         "test_naive_softmax_with_loops_ports",
@@ -143,6 +152,24 @@ def worker_id(request) -> str:
     """The xdist worker's id, or ``"master"`` without xdist (xdist provides its own)."""
     workerinput = getattr(request.config, "workerinput", None)
     return "master" if workerinput is None else workerinput["workerid"]
+
+
+@pytest.fixture(scope="session")
+def fresh_import() -> dict[str, bool]:
+    """What a new Python process sees on ``import jax, jaxcheck``, then ``import jaxcheck.torch``.
+
+    One process for every test that asks: starting Python and importing JAX takes seconds.
+    """
+    code = (
+        "import json, sys, jax, jaxcheck\n"
+        "seen = {'x64': jax.config.jax_enable_x64, 'torch': 'torch' in sys.modules}\n"
+        "import jaxcheck.torch\n"
+        "seen['torch after jaxcheck.torch'] = 'torch' in sys.modules\n"
+        "seen['jaxcheck.torch.check callable'] = callable(jaxcheck.torch.check)\n"
+        "print(json.dumps(seen))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,9 @@ PARAMETER_SHAPES = {
     "b3": (1, 1),
 }
 GRADIENT_KEYS = ("dZ3", "dW3", "db3", "dA2", "dZ2", "dW2", "db2", "dA1", "dZ1", "dW1", "db1")
+# jax.grad of the lesson's twin, one compiled program for the tests that need it: an eager call
+# would compile each primitive on its own (seconds).
+AUTODIFF = jax.jit(jax.grad(lesson.forward_propagation_n_jax, argnums=2))
 MISTAKE = "There is a mistake in the backward propagation!"
 FINE = "Your backward propagation works perfectly fine!"
 
@@ -295,7 +298,7 @@ def test_jax_grad_equals_backward_propagation_n(test_case):
     X, Y, parameters = test_case
     gradients = _gradients(lesson.backward_propagation_n, test_case)
     with jax.enable_x64(True):
-        autodiff = jax.jit(jax.grad(lesson.forward_propagation_n_jax, argnums=2))(X, Y, parameters)
+        autodiff = AUTODIFF(X, Y, parameters)
     for key in PARAMETER_KEYS:
         np.testing.assert_allclose(
             autodiff[key], gradients["d" + key], rtol=1e-10, atol=1e-12, err_msg=key
@@ -306,7 +309,7 @@ def test_jax_grad_disagrees_with_buggy_backward_where_the_bugs_are(test_case):
     X, Y, parameters = test_case
     buggy = _gradients(lesson.backward_propagation_n_buggy, test_case)
     with jax.enable_x64(True):
-        autodiff = jax.grad(lesson.forward_propagation_n_jax, argnums=2)(X, Y, parameters)
+        autodiff = AUTODIFF(X, Y, parameters)
     wrong = {
         key
         for key in PARAMETER_KEYS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import re
 import types
 from pathlib import Path
@@ -125,7 +126,7 @@ def test_port_vmaps(case):
     shifts = np.array([-0.1, 0.0, 0.3])
     batched = {k: np.stack([v + s for s in shifts]) for k, v in params.items()}
     with jax.enable_x64(True):
-        values = jax.vmap(port(cost))(batched)
+        values = jax.jit(jax.vmap(port(cost)))(batched)
     expected = [cost({k: v + s for k, v in params.items()}) for s in shifts]
     np.testing.assert_allclose(values, expected, rtol=1e-12)
 
@@ -145,7 +146,7 @@ def test_cost_returning_cost_and_cache():
     with jax.enable_x64(True):
         ported = port(nm.cost_with_cache)
         jax_cost, jax_cache = jax.jit(ported)(X, Y, params)
-        grads, aux = jax.grad(lambda p: ported(X, Y, p), has_aux=True)(params)
+        grads, aux = jax.jit(jax.grad(lambda p: ported(X, Y, p), has_aux=True))(params)
     np.testing.assert_allclose(jax_cost, cost, rtol=1e-12)
     assert sorted(jax_cache) == sorted(cache) == sorted(aux) == ["A1", "A2"]
     np.testing.assert_allclose(jax_cache["A2"], cache["A2"], rtol=1e-12)
@@ -416,7 +417,7 @@ def test_seed_forward_propagation_n():
     with jax.enable_x64(True):
         ported = port(lambda p: forward_propagation_n(X, Y, p))
         jax_cost, _ = ported(parameters)
-        grads = jax.grad(lambda p: ported(p)[0])(parameters)
+        grads = jax.jit(jax.grad(lambda p: ported(p)[0]))(parameters)
     np.testing.assert_allclose(jax_cost, cost, rtol=1e-12)
     for key in parameters:
         np.testing.assert_allclose(grads[key], expected["d" + key], rtol=1e-9, atol=1e-12)
@@ -465,7 +466,7 @@ def test_code_people_write_is_ported(cost):
         np.testing.assert_allclose(jax.jit(ported)(params), expected, rtol=1e-12)
         np.testing.assert_allclose(ported(_params()), expected, rtol=1e-12)
         grads = jax.jit(jax.grad(ported))(params)
-        batched = jax.vmap(ported, in_axes=({"w": 0, "v": None},))(
+        batched = jax.jit(jax.vmap(ported, in_axes=({"w": 0, "v": None},)))(
             {"w": np.stack([params["w"], -0.5 * params["w"]]), "v": params["v"]}
         )
     numerical = _numerical_gradient(cost, _params())
@@ -925,6 +926,24 @@ def test_code_without_source_still_ports_the_functions_it_calls(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "ported ['b1', 'W2']"
+
+
+def test_code_compiled_from_stdin_still_ports_the_functions_it_calls():
+    # The same, in this process: code compiled under the name "<stdin>" has no source either
+    # (the subprocess above, which really reads stdin, is marked slow).
+    script = (
+        "import jaxcheck as jc\n"
+        "from jaxcheck import lesson\n"
+        "X, Y, p = lesson.gradient_check_n_test_case()\n"
+        "cost = lambda q: lesson.forward_propagation_n(X, Y, q)\n"
+        "bug = lambda q: lesson.backward_propagation_n_buggy(X, Y, cost(q)[1])\n"
+        "r = jc.check(cost, bug, p)\n"
+    )
+    namespace = {"__name__": "__main__"}
+    exec(compile(script, "<stdin>", "exec"), namespace)
+    with pytest.raises(OSError):
+        inspect.getsource(namespace["cost"])
+    assert (namespace["r"].twin, namespace["r"].failing) == ("ported", ["b1", "W2"])
 
 
 # ---- Idioms of RNN, LSTM and loss code (issue 19): checked with no JAX written -------------
