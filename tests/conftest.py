@@ -106,6 +106,12 @@ SLOW = {
     "engine/doors/test_product.py": {
         "test_an_mlp_gauss_newton_product_passes_and_its_bugs_are_localised"
     },
+    "engine/doors/test_second_order.py": {
+        # float32 products: test_product's float32 test stays quick
+        "test_float32_products_are_judged_at_float32_tolerance",
+        # random directions: [full], and the Gauss-Newton test's directions=4, stay quick
+        "test_a_wrong_block_is_localised_to_its_leaf_with_its_factor[random]",
+    },
     "engine/doors/test_layer.py": {"test_naive_convolution_with_assignment_into_arrays"},
 }
 
