@@ -21,8 +21,8 @@ import jaxcheck
 from jaxcheck import lesson as classic
 
 # Tests that take several seconds each on a 2-core machine (compile-heavy checks, subprocesses),
-# by file (its path under tests/), then test function name (every parametrisation of it) or one
-# test's full name.
+# by file (its path under tests/, or jaxcheck/... for a doctest), then test function name (every
+# parametrisation of it) or one test's full name.
 SLOW = {
     "integrity/test_many_leaves.py": {"test_300_small_leaves_full_check_finds_the_one_bug"},
     "integrity/test_precision.py": {
@@ -113,17 +113,27 @@ SLOW = {
         "test_a_wrong_block_is_localised_to_its_leaf_with_its_factor[random]",
     },
     "engine/doors/test_layer.py": {"test_naive_convolution_with_assignment_into_arrays"},
+    # a doctest whose eager jax.grad compiles each primitive on its own; the twin's value and
+    # gradient are checked by test_lesson's quick tests
+    "jaxcheck/lesson.py": {"jaxcheck.lesson.forward_propagation_n_jax"},
 }
 
 
 TESTS = Path(__file__).resolve().parent
+PACKAGE = Path(jaxcheck.__file__).resolve().parent  # its doctests, checked out or installed
+
+
+def _key(where: Path) -> str:
+    if TESTS in where.parents:
+        return where.relative_to(TESTS).as_posix()
+    if PACKAGE in where.parents:
+        return "jaxcheck/" + where.relative_to(PACKAGE).as_posix()
+    return where.name
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        where = Path(str(item.fspath)).resolve()
-        name = where.relative_to(TESTS).as_posix() if TESTS in where.parents else where.name
-        slow = SLOW.get(name, set())
+        slow = SLOW.get(_key(Path(str(item.fspath)).resolve()), set())
         if item.name in slow or item.name.split("[")[0] in slow:
             item.add_marker(pytest.mark.slow)
 
