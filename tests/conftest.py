@@ -7,7 +7,10 @@ cores; ``.ci/run`` runs them all.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -18,8 +21,8 @@ import jaxcheck
 from jaxcheck import lesson as classic
 
 # Tests that take several seconds each on a 2-core machine (compile-heavy checks, subprocesses),
-# by file (its path under tests/), then test function name (every parametrisation of it) or one
-# test's full name.
+# by file (its path under tests/, or jaxcheck/... for a doctest), then test function name (every
+# parametrisation of it) or one test's full name.
 SLOW = {
     "integrity/test_many_leaves.py": {"test_300_small_leaves_full_check_finds_the_one_bug"},
     "integrity/test_precision.py": {
@@ -61,8 +64,10 @@ SLOW = {
         "test_json_stdout_holds_only_the_report_whatever_the_user_prints",
         "test_demo_runs_the_lesson_and_explains_the_false_alarm",
         "test_an_exit_at_import_is_a_usage_error_not_a_verdict",
+        "test_module_entry_point_help",
     },
     "test_port.py": {
+        "test_code_without_source_still_ports_the_functions_it_calls",
         "test_port_leaves_user_code_alone",
         "test_losses_with_branches_and_masked_reductions",
         "test_svm_naive_with_if_margin_is_checked_three_way",
@@ -90,6 +95,10 @@ SLOW = {
         "test_batch_size_follows_the_memory_budget_and_bounds_compiled_memory",
     },
     "engine/evaluate/test_incremental.py": {"test_incremental_value_equals_the_perturbed_twin"},
+    "engine/system/test_inputs.py": {
+        # a Python process each; [wrong] stays quick
+        "test_json_stays_one_object_when_the_module_prints_at_exit[correct]",
+    },
     "engine/doors/test_loss_and_grads.py": {
         "test_naive_svm_with_if_on_margins_is_checked_three_way",
         "test_naive_softmax_with_loops_ports",
@@ -97,18 +106,34 @@ SLOW = {
     "engine/doors/test_product.py": {
         "test_an_mlp_gauss_newton_product_passes_and_its_bugs_are_localised"
     },
+    "engine/doors/test_second_order.py": {
+        # float32 products: test_product's float32 test stays quick
+        "test_float32_products_are_judged_at_float32_tolerance",
+        # random directions: [full], and the Gauss-Newton test's directions=4, stay quick
+        "test_a_wrong_block_is_localised_to_its_leaf_with_its_factor[random]",
+    },
     "engine/doors/test_layer.py": {"test_naive_convolution_with_assignment_into_arrays"},
+    # a doctest whose eager jax.grad compiles each primitive on its own; the twin's value and
+    # gradient are checked by test_lesson's quick tests
+    "jaxcheck/lesson.py": {"jaxcheck.lesson.forward_propagation_n_jax"},
 }
 
 
 TESTS = Path(__file__).resolve().parent
+PACKAGE = Path(jaxcheck.__file__).resolve().parent  # its doctests, checked out or installed
+
+
+def _key(where: Path) -> str:
+    if TESTS in where.parents:
+        return where.relative_to(TESTS).as_posix()
+    if PACKAGE in where.parents:
+        return "jaxcheck/" + where.relative_to(PACKAGE).as_posix()
+    return where.name
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        where = Path(str(item.fspath)).resolve()
-        name = where.relative_to(TESTS).as_posix() if TESTS in where.parents else where.name
-        slow = SLOW.get(name, set())
+        slow = SLOW.get(_key(Path(str(item.fspath)).resolve()), set())
         if item.name in slow or item.name.split("[")[0] in slow:
             item.add_marker(pytest.mark.slow)
 
@@ -143,6 +168,24 @@ def worker_id(request) -> str:
     """The xdist worker's id, or ``"master"`` without xdist (xdist provides its own)."""
     workerinput = getattr(request.config, "workerinput", None)
     return "master" if workerinput is None else workerinput["workerid"]
+
+
+@pytest.fixture(scope="session")
+def fresh_import() -> dict[str, bool]:
+    """What a new Python process sees on ``import jax, jaxcheck``, then ``import jaxcheck.torch``.
+
+    One process for every test that asks: starting Python and importing JAX takes seconds.
+    """
+    code = (
+        "import json, sys, jax, jaxcheck\n"
+        "seen = {'x64': jax.config.jax_enable_x64, 'torch': 'torch' in sys.modules}\n"
+        "import jaxcheck.torch\n"
+        "seen['torch after jaxcheck.torch'] = 'torch' in sys.modules\n"
+        "seen['jaxcheck.torch.check callable'] = callable(jaxcheck.torch.check)\n"
+        "print(json.dumps(seen))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 @pytest.fixture(autouse=True)

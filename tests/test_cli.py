@@ -299,6 +299,17 @@ def run(
     )
 
 
+def here(capsys: pytest.CaptureFixture[str], *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Runs ``jaxcheck ARGS`` in this process: what ``run`` gives, without starting Python and JAX.
+
+    For the tests of what the command says and returns; those of the process itself use ``run``.
+    """
+    capsys.readouterr()
+    code = cli.main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["jaxcheck", *map(str, args)], code, out, err)
+
+
 def check_args(project: Path, grad: str = "grad", *extra: str) -> list[str]:
     model = project / "model.py"
     return [
@@ -363,22 +374,24 @@ class FakeReport:
 # --------------------------------------------------------------------------------------------
 
 
-def test_correct_gradient_exits_0(project: Path) -> None:
-    result = run(*check_args(project))
+def test_correct_gradient_exits_0(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = here(capsys, *check_args(project))
     assert result.returncode == 0, result.stderr
     assert "Gradient correct" in result.stdout
     assert re.search(r"^b1 .* correct$", result.stdout, re.MULTILINE)
 
 
-def test_wrong_gradient_exits_1_and_names_the_leaf(project: Path) -> None:
-    result = run(*check_args(project, "grad_buggy"))
+def test_wrong_gradient_exits_1_and_names_the_leaf(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = here(capsys, *check_args(project, "grad_buggy"))
     assert result.returncode == 1, result.stderr
     assert "Gradient WRONG in b1." in result.stdout
     assert "b1: backprop is 3.00×" in result.stdout
 
 
-def test_json_report_of_a_wrong_gradient(project: Path) -> None:
-    result = run(*check_args(project, "grad_buggy", "--json"))
+def test_json_report_of_a_wrong_gradient(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = here(capsys, *check_args(project, "grad_buggy", "--json"))
     assert result.returncode == 1, result.stderr
     report = one_json_object(result.stdout)
     assert report["ok"] is False
@@ -413,12 +426,14 @@ def test_module_specs_from_pythonpath_and_json(project: Path, tmp_path: Path) ->
     assert report["method"] == "sample"
 
 
-def test_the_cost_is_ported_when_no_twin_is_given(project: Path) -> None:
+def test_the_cost_is_ported_when_no_twin_is_given(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if importlib.util.find_spec("jaxcheck.port") is None:
         pytest.skip("jaxcheck.port is not written yet")
     model = project / "model.py"
     params = project / "params.npz"
-    result = run("check", f"{model}:cost", "--grad", f"{model}:grad", "--params", params)
+    result = here(capsys, "check", f"{model}:cost", "--grad", f"{model}:grad", "--params", params)
     assert result.returncode == 0, result.stderr
     assert "ported JAX twin" in result.stdout
 
@@ -608,10 +623,10 @@ def test_importing_a_namesake_says_the_standard_module_wins(
 # --------------------------------------------------------------------------------------------
 
 
-def test_missing_file(project: Path) -> None:
+def test_missing_file(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = check_args(project)
     args[1] = f"{project / 'nowhere.py'}:cost"
-    result = run(*args)
+    result = here(capsys, *args)
     assert result.returncode == 2
     assert f"no file {project / 'nowhere.py'}" in result.stderr
     assert result.stdout == ""
@@ -983,6 +998,14 @@ def test_demo_runs_the_lesson_and_explains_the_false_alarm() -> None:
 
 def test_module_entry_point_help() -> None:
     result = run("--help")
+    assert result.returncode == 0
+    listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)
+    assert listed == ["demo", "check", "check-layer", "cache"]
+    assert "bench" not in result.stdout
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    result = here(capsys, "--help")  # the same help in this process (the one above is slow)
     assert result.returncode == 0
     listed = re.findall(r"^    (\S+)", result.stdout, re.MULTILINE)
     assert listed == ["demo", "check", "check-layer", "cache"]

@@ -12,6 +12,11 @@ import pytest
 from jaxcheck import lesson
 from jaxcheck.errors import InputError
 
+try:
+    from tests.compiled import jit
+except ImportError:  # pytest run without the repository root on sys.path: tests/ is on it
+    from compiled import jit
+
 PARAMETER_KEYS = ("W1", "b1", "W2", "b2", "W3", "b3")
 PARAMETER_SHAPES = {
     "W1": (5, 4),
@@ -22,6 +27,9 @@ PARAMETER_SHAPES = {
     "b3": (1, 1),
 }
 GRADIENT_KEYS = ("dZ3", "dW3", "db3", "dA2", "dZ2", "dW2", "db2", "dA1", "dZ1", "dW1", "db1")
+# jax.grad of the lesson's twin, one compiled program for the tests that need it: an eager call
+# would compile each primitive on its own (seconds).
+AUTODIFF = jit(jax.grad(lesson.forward_propagation_n_jax, argnums=2))
 MISTAKE = "There is a mistake in the backward propagation!"
 FINE = "Your backward propagation works perfectly fine!"
 
@@ -254,7 +262,7 @@ def test_forward_propagation_jax_equals_numpy(x, theta):
 def test_forward_propagation_jax_vmaps_over_theta():
     thetas = np.array([1.0, 2.0, 3.0])
     with jax.enable_x64(True):
-        costs = jax.jit(jax.vmap(lesson.forward_propagation_jax, in_axes=(None, 0)))(2.0, thetas)
+        costs = jit(jax.vmap(lesson.forward_propagation_jax, in_axes=(None, 0)))(2.0, thetas)
     np.testing.assert_allclose(costs, 2.0 * thetas, rtol=1e-12)
 
 
@@ -263,7 +271,7 @@ def test_forward_propagation_n_jax_equals_numpy_cost(test_case):
     expected, _ = lesson.forward_propagation_n(X, Y, parameters)
     with jax.enable_x64(True):
         cost = lesson.forward_propagation_n_jax(X, Y, parameters)
-        jitted = jax.jit(lesson.forward_propagation_n_jax)(X, Y, parameters)
+        jitted = jit(lesson.forward_propagation_n_jax)(X, Y, parameters)
     assert cost.shape == ()
     assert cost.dtype == np.float64
     assert float(cost) == pytest.approx(expected, rel=1e-12)
@@ -287,7 +295,7 @@ def test_forward_propagation_n_jax_vmaps_over_parameter_vectors(test_case):
         return lesson.forward_propagation_n_jax(X, Y, pieces)
 
     with jax.enable_x64(True):
-        costs = jax.jit(jax.vmap(cost_of_vector))(thetas)
+        costs = jit(jax.vmap(cost_of_vector))(thetas)
     np.testing.assert_allclose(costs, expected, rtol=1e-12)
 
 
@@ -295,7 +303,7 @@ def test_jax_grad_equals_backward_propagation_n(test_case):
     X, Y, parameters = test_case
     gradients = _gradients(lesson.backward_propagation_n, test_case)
     with jax.enable_x64(True):
-        autodiff = jax.jit(jax.grad(lesson.forward_propagation_n_jax, argnums=2))(X, Y, parameters)
+        autodiff = AUTODIFF(X, Y, parameters)
     for key in PARAMETER_KEYS:
         np.testing.assert_allclose(
             autodiff[key], gradients["d" + key], rtol=1e-10, atol=1e-12, err_msg=key
@@ -306,7 +314,7 @@ def test_jax_grad_disagrees_with_buggy_backward_where_the_bugs_are(test_case):
     X, Y, parameters = test_case
     buggy = _gradients(lesson.backward_propagation_n_buggy, test_case)
     with jax.enable_x64(True):
-        autodiff = jax.grad(lesson.forward_propagation_n_jax, argnums=2)(X, Y, parameters)
+        autodiff = AUTODIFF(X, Y, parameters)
     wrong = {
         key
         for key in PARAMETER_KEYS

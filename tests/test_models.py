@@ -12,6 +12,11 @@ import pytest
 
 from jaxcheck import models
 
+try:
+    from tests.compiled import jit
+except ImportError:  # pytest run without the repository root on sys.path: tests/ is on it
+    from compiled import jit
+
 NAMES = [
     "batchnorm",
     "conv1d",
@@ -71,7 +76,7 @@ def autodiff(model: models.Model, params: Any | None = None) -> dict[str, np.nda
     params64 = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), params)
     with jax.enable_x64(True):
         # One compilation is cheaper than the op-by-op compilations of an eager first call.
-        return flatten(jax.device_get(jax.jit(jax.grad(model.jax_cost))(params64)))
+        return flatten(jax.device_get(jit(jax.grad(model.jax_cost))(params64)))
 
 
 @functools.cache
@@ -108,7 +113,7 @@ def test_numpy_cost_equals_twin(name: str) -> None:
     model = models.make(name)
     cost = scalar_cost(model, model.params)
     with jax.enable_x64(True):
-        twin = float(jax.jit(model.jax_cost)(model.params))
+        twin = float(jit(model.jax_cost)(model.params))
     assert np.ndim(cost) == 0
     assert abs(cost - twin) <= 1e-12 * abs(cost)
 
@@ -120,8 +125,8 @@ def test_twin_is_traceable(name: str) -> None:
     expected = [scalar_cost(model, model.params), scalar_cost(model, doubled)]
     stacked = jax.tree.map(lambda *leaves: np.stack(leaves), model.params, doubled)
     with jax.enable_x64(True):
-        jitted = jax.jit(model.jax_cost)(model.params)
-        batched = jax.jit(jax.vmap(model.jax_cost))(stacked)
+        jitted = jit(model.jax_cost)(model.params)
+        batched = jit(jax.vmap(model.jax_cost))(stacked)
     np.testing.assert_allclose(jitted, expected[0], rtol=1e-12)
     np.testing.assert_allclose(batched, expected, rtol=1e-12)
 
@@ -150,7 +155,7 @@ def test_other_sizes(name: str) -> None:
     model = models.make(name, seed=3, **OTHER_SIZES[name])
     cost = scalar_cost(model, model.params)
     with jax.enable_x64(True):
-        assert abs(cost - float(jax.jit(model.jax_cost)(model.params))) <= 1e-12 * abs(cost)
+        assert abs(cost - float(jit(model.jax_cost)(model.params))) <= 1e-12 * abs(cost)
     reference = autodiff(model)
     errors = leaf_errors(as_params_tree(model, model.grad(model.params)), reference, 1e-4)
     assert max(errors.values()) <= 1e-9, errors
@@ -244,7 +249,7 @@ def test_dropout_unfrozen_draws_new_masks() -> None:
     costs = {float(model.cost(model.params)[0]) for _ in range(5)}
     assert len(costs) > 1
     with jax.enable_x64(True):
-        assert np.isfinite(float(jax.jit(model.jax_cost)(model.params)))
+        assert np.isfinite(float(jit(model.jax_cost)(model.params)))
 
 
 def test_unknown_model() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import re
 import types
 from pathlib import Path
@@ -18,8 +19,10 @@ from jaxcheck.errors import PortError
 from jaxcheck.port import port
 
 try:
+    from tests.compiled import jit
     from tests.realistic import layers, losses, nets, rnn
 except ImportError:  # pytest run without the repository root on sys.path: tests/ is on it
+    from compiled import jit
     from realistic import layers, losses, nets, rnn
 
 FIXTURE = Path(__file__).parent / "port_fixtures" / "numpy_model.py"
@@ -101,7 +104,7 @@ def test_port_equals_numpy(case):
     with jax.enable_x64(True):
         ported = port(cost)
         value = ported(params)
-        jitted = jax.jit(ported)(params)
+        jitted = jit(ported)(params)
     expected = cost(params)
     np.testing.assert_allclose(float(value), expected, rtol=1e-12)
     np.testing.assert_allclose(float(jitted), expected, rtol=1e-12)
@@ -112,7 +115,7 @@ def test_port_gradient_matches_finite_differences(case):
     X, Y, params = _data(1)
     cost = _cases(X, Y)[case]
     with jax.enable_x64(True):
-        grads = jax.jit(jax.grad(port(cost)))(params)
+        grads = jit(jax.grad(port(cost)))(params)
     numerical = _numerical_gradient(cost, params)
     for key in params:
         np.testing.assert_allclose(grads[key], numerical[key], rtol=1e-5, atol=1e-8)
@@ -125,7 +128,7 @@ def test_port_vmaps(case):
     shifts = np.array([-0.1, 0.0, 0.3])
     batched = {k: np.stack([v + s for s in shifts]) for k, v in params.items()}
     with jax.enable_x64(True):
-        values = jax.vmap(port(cost))(batched)
+        values = jit(jax.vmap(port(cost)))(batched)
     expected = [cost({k: v + s for k, v in params.items()}) for s in shifts]
     np.testing.assert_allclose(values, expected, rtol=1e-12)
 
@@ -133,7 +136,7 @@ def test_port_vmaps(case):
 def test_grad_matches_analytic_gradient():
     X, Y, params = _data(3)
     with jax.enable_x64(True):
-        grads = jax.jit(jax.grad(port(nm.two_layer_cost), argnums=2))(X, Y, params)
+        grads = jit(jax.grad(port(nm.two_layer_cost), argnums=2))(X, Y, params)
     expected = nm.two_layer_gradients(X, Y, params)
     for key in params:
         np.testing.assert_allclose(grads[key], expected[key], rtol=1e-10, atol=1e-14)
@@ -144,8 +147,8 @@ def test_cost_returning_cost_and_cache():
     cost, cache = nm.cost_with_cache(X, Y, params)
     with jax.enable_x64(True):
         ported = port(nm.cost_with_cache)
-        jax_cost, jax_cache = jax.jit(ported)(X, Y, params)
-        grads, aux = jax.grad(lambda p: ported(X, Y, p), has_aux=True)(params)
+        jax_cost, jax_cache = jit(ported)(X, Y, params)
+        grads, aux = jit(jax.grad(lambda p: ported(X, Y, p), has_aux=True))(params)
     np.testing.assert_allclose(jax_cost, cost, rtol=1e-12)
     assert sorted(jax_cache) == sorted(cache) == sorted(aux) == ["A1", "A2"]
     np.testing.assert_allclose(jax_cache["A2"], cache["A2"], rtol=1e-12)
@@ -218,12 +221,12 @@ def test_code_without_source_is_ported_by_its_globals():
     w = np.array([0.1, 0.2])
     ported = port(module.cost)
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(ported)(w), 2.0 * np.sum(np.tanh(w)), rtol=1e-12)
+        np.testing.assert_allclose(jit(ported)(w), 2.0 * np.sum(np.tanh(w)), rtol=1e-12)
         exec("def act(z):\n    return np.sin(z)\n", module.__dict__)
         np.testing.assert_allclose(ported(w), 2.0 * np.sum(np.sin(w)), rtol=1e-12)
         np.testing.assert_allclose(jax.grad(ported)(w), 2.0 * np.cos(w), rtol=1e-12)
         # jax.jit caches its trace by function; a new port gives a new trace.
-        np.testing.assert_allclose(jax.jit(port(module.cost))(w), 2.0 * np.sum(np.sin(w)))
+        np.testing.assert_allclose(jit(port(module.cost))(w), 2.0 * np.sum(np.sin(w)))
 
 
 class _Model:
@@ -241,8 +244,8 @@ def test_bound_methods_and_callable_objects():
     X, Y, params = _data()
     model = _Model(X, Y)
     with jax.enable_x64(True):
-        method_value = jax.jit(port(model.cost))(params)
-        call_grad = jax.grad(port(model))(params)
+        method_value = jit(port(model.cost))(params)
+        call_grad = jit(jax.grad(port(model)))(params)
     np.testing.assert_allclose(method_value, model.cost(params), rtol=1e-12)
     expected = nm.two_layer_gradients(X, Y, params)
     np.testing.assert_allclose(call_grad["W1"], 2.0 * expected["W1"], rtol=1e-10)
@@ -301,7 +304,7 @@ def _params():
 
 
 def _jit(ported):
-    return jax.jit(ported)(_params())
+    return jit(ported)(_params())
 
 
 def _plain(ported):
@@ -392,12 +395,12 @@ def test_port_error_names_the_line(cost, run, function, source, reasons):
 def test_port_error_names_the_caller_of_a_failing_helper():
     ported = port(lambda p: nm.branching_cost(p) * 2)
     with pytest.raises(PortError, match="called by the port of `test_port.test_port_error_names"):
-        jax.jit(ported)(_params())
+        jit(ported)(_params())
 
 
 def test_other_errors_keep_the_original_error():
     with pytest.raises(PortError, match=r"np\.dot") as info:
-        jax.jit(port(nm.mismatch_cost))(_params())
+        jit(port(nm.mismatch_cost))(_params())
     causes = []
     error = info.value
     while error is not None:
@@ -436,7 +439,7 @@ def test_seed_forward_propagation_n():
     with jax.enable_x64(True):
         ported = port(lambda p: forward_propagation_n(X, Y, p))
         jax_cost, _ = ported(parameters)
-        grads = jax.grad(lambda p: ported(p)[0])(parameters)
+        grads = jit(jax.grad(lambda p: ported(p)[0]))(parameters)
     np.testing.assert_allclose(jax_cost, cost, rtol=1e-12)
     for key in parameters:
         np.testing.assert_allclose(grads[key], expected["d" + key], rtol=1e-9, atol=1e-12)
@@ -482,10 +485,10 @@ def test_code_people_write_is_ported(cost):
     with jax.enable_x64(True):
         ported = port(cost)
         assert jax.make_jaxpr(ported)(params) is not None
-        np.testing.assert_allclose(jax.jit(ported)(params), expected, rtol=1e-12)
+        np.testing.assert_allclose(jit(ported)(params), expected, rtol=1e-12)
         np.testing.assert_allclose(ported(_params()), expected, rtol=1e-12)
-        grads = jax.jit(jax.grad(ported))(params)
-        batched = jax.vmap(ported, in_axes=({"w": 0, "v": None},))(
+        grads = jit(jax.grad(ported))(params)
+        batched = jit(jax.vmap(ported, in_axes=({"w": 0, "v": None},)))(
             {"w": np.stack([params["w"], -0.5 * params["w"]]), "v": params["v"]}
         )
     numerical = _numerical_gradient(cost, _params())
@@ -626,7 +629,7 @@ def test_realistic_layers_and_losses(name):
     with jax.enable_x64(True):
         jaxpr = jax.make_jaxpr(scalar)(*args)
         ported_out = port(forward)(*args)[0]
-        grads = jax.jit(jax.grad(scalar, argnums=wrt))(*args)
+        grads = jit(jax.grad(scalar, argnums=wrt))(*args)
     assert jaxpr.jaxpr.eqns
     np.testing.assert_allclose(ported_out, out, rtol=1e-12, atol=1e-14)
     expected = backward(dout, cache)
@@ -640,8 +643,8 @@ def test_svm_loss_naive_if_on_a_margin_is_if_converted():
     ported = port(losses.svm_loss_naive)
     with jax.enable_x64(True):
         # Under jit the margins are traced: both branches run, merged with where.
-        value, jax_dW = jax.jit(lambda w: ported(w, X, LABELS, 0.1))(W)
-        grad = jax.jit(jax.grad(lambda w: ported(w, X, LABELS, 0.1)[0]))(W)
+        value, jax_dW = jit(lambda w: ported(w, X, LABELS, 0.1))(W)
+        grad = jit(jax.grad(lambda w: ported(w, X, LABELS, 0.1)[0]))(W)
     np.testing.assert_allclose(value, loss, rtol=1e-12)
     np.testing.assert_allclose(jax_dW, dW, rtol=1e-12, atol=1e-14)  # the `dW[:, j] += X[i]`
     np.testing.assert_allclose(grad, dW, rtol=1e-9, atol=1e-12)
@@ -665,8 +668,8 @@ def test_two_layer_net_loss_through_self_params():
     with jax.enable_x64(True):
         ported = port(cost)
         jax.make_jaxpr(ported)(dict(params))
-        value, autodiff = jax.jit(jax.value_and_grad(ported))(dict(params))
-        method_value = jax.jit(lambda X: port(net.loss)(X, y)[0])(X)
+        value, autodiff = jit(jax.value_and_grad(ported))(dict(params))
+        method_value = jit(lambda X: port(net.loss)(X, y)[0])(X)
     assert net.params is params  # put back after every ported run
     np.testing.assert_allclose([value, method_value], [loss, loss], rtol=1e-12)
     for key in grads:
@@ -687,7 +690,7 @@ def test_network_with_lists_of_weights():
     params = {"w": list(weights), "b": list(biases)}
     with jax.enable_x64(True):
         jax.make_jaxpr(port(cost))(params)
-        autodiff = jax.jit(jax.grad(port(cost)))(params)
+        autodiff = jit(jax.grad(port(cost)))(params)
     assert net.weights is weights and net.biases is biases
     for got, want in zip(autodiff["w"] + autodiff["b"], nabla_w + nabla_b):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
@@ -706,7 +709,7 @@ def test_net_of_layer_objects():
 
     with jax.enable_x64(True):
         jax.make_jaxpr(port(cost))(params)
-        value, autodiff = jax.jit(jax.value_and_grad(port(cost)))(params)
+        value, autodiff = jit(jax.value_and_grad(port(cost)))(params)
     assert net.layers["Relu1"].mask is relu_mask
     assert net.layers["Affine1"].W is params["W1"]
     np.testing.assert_allclose(value, loss, rtol=1e-12)
@@ -760,7 +763,7 @@ def test_module_level_caches_are_put_back():
     expected = nets.backward_from_global_cache(X, Y, params)
     before = dict(nets.CACHE)
     with jax.enable_x64(True):
-        autodiff = jax.jit(jax.grad(port(nets.forward_with_global_cache), argnums=2))(X, Y, params)
+        autodiff = jit(jax.grad(port(nets.forward_with_global_cache), argnums=2))(X, Y, params)
     assert all(nets.CACHE[k] is v for k, v in before.items())
     for key in expected:
         np.testing.assert_allclose(autodiff[key], expected[key], rtol=1e-9)
@@ -804,7 +807,7 @@ def test_changed_data_is_seen():
             assert float(ported_global(w)) == -2.0 and float(ported_closure(w)) == -3.0
             DATA = np.array([10.0, 0.0])  # rebound
             assert float(ported_global(w)) == 5.0
-            assert float(jax.jit(port(_global_cost))(w)) == 5.0
+            assert float(jit(port(_global_cost))(w)) == 5.0
         finally:
             DATA = data
 
@@ -840,7 +843,7 @@ def test_classes_built_inside_the_cost_are_ported():
     w = RNG.randn(3, 2)
     with jax.enable_x64(True):
         jax.make_jaxpr(port(cost))(w)
-        np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)
+        np.testing.assert_allclose(jit(port(cost))(w), cost(w), rtol=1e-12)
 
 
 def test_costs_in_test_modules_with_asserts_are_rewritten():
@@ -852,7 +855,7 @@ def test_costs_in_test_modules_with_asserts_are_rewritten():
         return np.sum(out)
 
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(cost))(np.array([1.0, 2.0])), 5.0)
+        np.testing.assert_allclose(jit(port(cost))(np.array([1.0, 2.0])), 5.0)
 
 
 def test_functions_passed_to_library_calls_are_ported():
@@ -867,7 +870,7 @@ def test_functions_passed_to_library_calls_are_ported():
 
     w = np.array([1.0, -2.0, 3.0])
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)
+        np.testing.assert_allclose(jit(port(cost))(w), cost(w), rtol=1e-12)
 
 
 def test_rnn_loss_over_a_sequence():
@@ -887,7 +890,7 @@ def test_rnn_loss_over_a_sequence():
         return rnn.rnn_loss(inputs, targets, hprev, **p)[0]
 
     with jax.enable_x64(True):
-        value, autodiff = jax.jit(jax.value_and_grad(port(cost)))(params)
+        value, autodiff = jit(jax.value_and_grad(port(cost)))(params)
     np.testing.assert_allclose(value, loss, rtol=1e-12)
     for key, want in zip(params, grads):
         np.testing.assert_allclose(autodiff[key], want, rtol=1e-9, atol=1e-12)
@@ -912,7 +915,7 @@ def test_layers_that_leave_their_output_on_themselves():
     relu.backward(dense2.dinputs)
     dense1.backward(relu.dinputs)
     with jax.enable_x64(True):
-        value, autodiff = jax.jit(jax.value_and_grad(port(cost)))(params)
+        value, autodiff = jit(jax.value_and_grad(port(cost)))(params)
     assert type(dense1.output) is np.ndarray  # put back after the traced run
     np.testing.assert_allclose(value, loss, rtol=1e-12)
     expected = (dense1.dweights, dense1.dbiases, dense2.dweights, dense2.dbiases)
@@ -945,6 +948,24 @@ def test_code_without_source_still_ports_the_functions_it_calls(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "ported ['b1', 'W2']"
+
+
+def test_code_compiled_from_stdin_still_ports_the_functions_it_calls():
+    # The same, in this process: code compiled under the name "<stdin>" has no source either
+    # (the subprocess above, which really reads stdin, is marked slow).
+    script = (
+        "import jaxcheck as jc\n"
+        "from jaxcheck import lesson\n"
+        "X, Y, p = lesson.gradient_check_n_test_case()\n"
+        "cost = lambda q: lesson.forward_propagation_n(X, Y, q)\n"
+        "bug = lambda q: lesson.backward_propagation_n_buggy(X, Y, cost(q)[1])\n"
+        "r = jc.check(cost, bug, p)\n"
+    )
+    namespace = {"__name__": "__main__"}
+    exec(compile(script, "<stdin>", "exec"), namespace)
+    with pytest.raises(OSError):
+        inspect.getsource(namespace["cost"])
+    assert (namespace["r"].twin, namespace["r"].failing) == ("ported", ["b1", "W2"])
 
 
 # ---- Idioms of RNN, LSTM and loss code (issue 19): checked with no JAX written -------------
@@ -1015,7 +1036,7 @@ def test_joining_a_traced_value_with_plain_data_of_another_shape(join, options, 
 
     params = {"a": np.linspace(-1, 1, 20).reshape(4, 5)}
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(cost))(params), cost(params), rtol=1e-12)
+        np.testing.assert_allclose(jit(port(cost))(params), cost(params), rtol=1e-12)
 
 
 def test_a_join_numpy_rejects_too_is_not_blamed_on_jax_numpy():
@@ -1023,7 +1044,7 @@ def test_a_join_numpy_rejects_too_is_not_blamed_on_jax_numpy():
         return np.sum(np.concatenate((w, np.ones((2, 2))), axis=1))
 
     with pytest.raises(PortError, match="NumPy rejects arguments of these shapes as well"):
-        jax.jit(port(cost))(np.ones((3, 2)))
+        jit(port(cost))(np.ones((3, 2)))
 
 
 def _rnn_case(bug=False):
@@ -1065,7 +1086,7 @@ def test_stable_sigmoid_with_masked_assignment():
 
     assert _three_way(jaxcheck.check(fn, None, {"w": w})).ok
     with jax.enable_x64(True):
-        grad = jax.jit(jax.grad(lambda v: port(fn)({"w": v})[0]))(w)
+        grad = jit(jax.grad(lambda v: port(fn)({"w": v})[0]))(w)
     assert np.all(np.isfinite(grad))  # exp(800) on the side not taken does not leak
 
 
@@ -1078,8 +1099,8 @@ def test_masked_assignment_with_the_same_mask_expression():
 
     w = np.array([0.5, -1.0, 2.0, 0.0])
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(cost))(w), cost(w), rtol=1e-12)
-        grad = jax.jit(jax.grad(port(cost)))(w)
+        np.testing.assert_allclose(jit(port(cost))(w), cost(w), rtol=1e-12)
+        grad = jit(jax.grad(port(cost)))(w)
     np.testing.assert_allclose(grad, [np.log(0.5) + 1, -4.0, np.log(2.0) + 1, 0.0])
 
 
@@ -1090,7 +1111,7 @@ def test_a_selection_by_another_mask_names_the_line():
         return np.sum(z)
 
     with pytest.raises(PortError, match=r"z\[w > 0\] = w\[w > 1\]") as info:
-        jax.jit(port(cost))(np.ones(3))
+        jit(port(cost))(np.ones(3))
     assert "another mask" in str(info.value)
 
 
@@ -1127,7 +1148,7 @@ def test_svm_naive_with_if_margin_is_checked_three_way():
 def test_a_branch_guarded_against_log_of_zero_keeps_the_gradient_finite():
     w = np.array([0.8, -0.5, 1.3, -2.0, 0.4])  # two entries give p = 0: log(0) not taken
     with jax.enable_x64(True):
-        grad = jax.jit(jax.grad(lambda v: port(branchy.entropy)(v)[0]))(w)
+        grad = jit(jax.grad(lambda v: port(branchy.entropy)(v)[0]))(w)
     assert np.all(np.isfinite(grad))
     np.testing.assert_allclose(grad, branchy.entropy(w)[1], rtol=1e-10, atol=1e-12)
     assert _three_way(jaxcheck.check(lambda p: branchy.entropy(p["w"]), None, {"w": w})).ok
@@ -1147,9 +1168,9 @@ def test_asserts_on_traced_values_do_not_stop_the_port():
         return np.sum(w)
 
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(cost))(np.ones(3)), cost(np.ones(3)))
+        np.testing.assert_allclose(jit(port(cost))(np.ones(3)), cost(np.ones(3)))
         with pytest.raises(PortError, match="expects two weights"):
-            jax.jit(port(wrong_shape))(np.ones(3))
+            jit(port(wrong_shape))(np.ones(3))
 
 
 def test_branches_that_do_more_than_assign_keep_the_error():
@@ -1162,7 +1183,7 @@ def test_branches_that_do_more_than_assign_keep_the_error():
         return total
 
     with pytest.raises(PortError, match=r"if v > 0:") as info:
-        jax.jit(port(cost))(np.ones(3))
+        jit(port(cost))(np.ones(3))
     assert "only assign variables" in str(info.value)
 
 
@@ -1181,7 +1202,7 @@ def test_an_if_on_plain_values_runs_as_written():
         return np.sum(out)
 
     with jax.enable_x64(True):
-        assert float(jax.jit(port(cost), static_argnums=1)(np.ones(2), True)) == 4.0
+        assert float(jit(port(cost), static_argnums=1)(np.ones(2), True)) == 4.0
         assert port(cost)(np.ones(2), False) == 2.0
     assert seen.calls == ("then", "else")  # one branch per call: the other never ran
 
@@ -1200,7 +1221,7 @@ def test_a_long_elif_chain_ports_without_blowing_up(tmp_path):
     spec.loader.exec_module(module)
     w = np.linspace(-2.0, 2.0, 5)
     with jax.enable_x64(True):
-        value = jax.jit(port(module.piecewise))(w)
+        value = jit(port(module.piecewise))(w)
     np.testing.assert_allclose(value, module.piecewise(w), rtol=1e-12)
 
 
@@ -1260,10 +1281,10 @@ def test_conditions_with_and_or_not_are_if_converted():
         return total
 
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(clipped))(w), clipped(w), rtol=1e-12)
+        np.testing.assert_allclose(jit(port(clipped))(w), clipped(w), rtol=1e-12)
     with jax.enable_x64(True):
-        np.testing.assert_allclose(jax.jit(port(cost))(w, y), cost(w, y), rtol=1e-12)
-        grad = jax.jit(jax.grad(port(cost)))(w, y)
+        np.testing.assert_allclose(jit(port(cost))(w, y), cost(w, y), rtol=1e-12)
+        grad = jit(jax.grad(port(cost)))(w, y)
     np.testing.assert_allclose(grad, [1.0, 3.0, -1.0, 3.0, -1.0, 3.0])
 
 
@@ -1295,7 +1316,7 @@ def test_branches_that_cannot_be_merged_name_the_line():
         return np.sum(w) + len(picked)
 
     with pytest.raises(PortError, match=r"if v > 0:") as info:
-        jax.jit(port(cost))(np.ones(3))
+        jit(port(cost))(np.ones(3))
     assert "cannot merge `picked`" in str(info.value) and "np.where" in str(info.value)
 
 
@@ -1323,9 +1344,9 @@ def test_reductions_of_masked_selections_port():
     w = np.array([0.5, -1.0, 2.0, -0.1])
     with jax.enable_x64(True):
         np.testing.assert_allclose(
-            jax.jit(port(_masked_reductions))(w), _masked_reductions(w), rtol=1e-12
+            jit(port(_masked_reductions))(w), _masked_reductions(w), rtol=1e-12
         )
-        grad = jax.jit(jax.grad(port(_masked_reductions)))(w)
+        grad = jit(jax.grad(port(_masked_reductions)))(w)
     np.testing.assert_allclose(
         grad,
         _numerical_gradient(lambda p: _masked_reductions(p["w"]), {"w": w})["w"],

@@ -393,30 +393,45 @@ def test_a_bound_that_is_not_a_size_is_an_input_error(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_cache_info_and_clear(warm, tmp_path, monkeypatch, capsys):
-    folder = warm.copy(tmp_path / "cache")
+@pytest.fixture
+def filled(tmp_path) -> Warm:
+    """A cache directory holding two authentic entries, written by the store in this process.
+
+    ``jaxcheck cache info`` and ``clear`` list and delete entries without reading them, so these
+    need no compiled program (the processes of ``warm`` cost seconds; its tests are marked slow).
+    """
+    folder, key = tmp_path / "filled", tmp_path / "config" / "jaxcheck" / "cache.key"
+    names = [c * 64 + ".jxc" for c in "ab"]
+    with open_store(folder, key, cap=10_000) as store:
+        for name, size in zip(names, (300, 700)):
+            assert store.write(name, {"jax": jax.__version__}, bytes(range(256)) * (size // 256))
+    return Warm(folder, key, [], *names)
+
+
+def test_cache_info_and_clear(filled, tmp_path, monkeypatch, capsys):
+    folder = filled.copy(tmp_path / "cache")
     (folder / "mine.txt").write_text("a file of the user's")
     monkeypatch.setenv("JAXCHECK_CACHE_DIR", str(folder))
-    monkeypatch.setenv("JAXCHECK_CACHE_KEY", str(warm.key))
+    monkeypatch.setenv("JAXCHECK_CACHE_KEY", str(filled.key))
     monkeypatch.setenv("JAXCHECK_CACHE_MAX_BYTES", "64M")
     assert jaxcheck.cli.main(["cache", "info"]) == 0
     shown = capsys.readouterr().out
     size = sum((folder / name).stat().st_size for name in _entries(folder))
     assert f"directory: {folder}" in shown and "trusted:   yes" in shown
     assert "entries:   2" in shown and f"size:      {size} bytes" in shown
-    assert f"limit:     {64 * 2**20} bytes" in shown and f"{warm.key} (present)" in shown
+    assert f"limit:     {64 * 2**20} bytes" in shown and f"{filled.key} (present)" in shown
 
     assert jaxcheck.cli.main(["cache", "clear"]) == 0
     assert "removed 2 files" in capsys.readouterr().out
     assert os.listdir(folder) == ["mine.txt"]
 
 
-def test_cache_clear_leaves_an_unsafe_directory_alone(warm, tmp_path, monkeypatch, capsys):
-    folder = warm.copy(tmp_path / "cache")
+def test_cache_clear_leaves_an_unsafe_directory_alone(filled, tmp_path, monkeypatch, capsys):
+    folder = filled.copy(tmp_path / "cache")
     folder.chmod(0o770)
     monkeypatch.setenv("JAXCHECK_CACHE_DIR", str(folder))
     assert jaxcheck.cli.main(["cache", "info"]) == 0
     assert "trusted:   no: the cache directory" in capsys.readouterr().out
     assert jaxcheck.cli.main(["cache", "clear"]) == 2
     assert "others can write to it (mode 0770)" in capsys.readouterr().err
-    assert _entries(folder) == {warm.logistic, warm.tanh}
+    assert _entries(folder) == {filled.logistic, filled.tanh}
