@@ -923,21 +923,24 @@ def test_layers_that_leave_their_output_on_themselves():
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+#: A check typed at a plain ``python`` prompt: the cost and the gradient have no source file.
+_TYPED_AT_A_PROMPT = (
+    "import jaxcheck as jc\n"
+    "from jaxcheck import lesson\n"
+    "X, Y, p = lesson.gradient_check_n_test_case()\n"
+    "cost = lambda q: lesson.forward_propagation_n(X, Y, q)\n"
+    "bug = lambda q: lesson.backward_propagation_n_buggy(X, Y, cost(q)[1])\n"
+    "r = jc.check(cost, bug, p)\n"
+)
+
+
 def test_code_without_source_still_ports_the_functions_it_calls(tmp_path):
     # A cost typed at a plain `python` prompt (or `python -c`) has no source to rewrite: the
     # functions of the user's modules that it calls are ported all the same.
     import subprocess
     import sys
 
-    script = (
-        "import jaxcheck as jc\n"
-        "from jaxcheck import lesson\n"
-        "X, Y, p = lesson.gradient_check_n_test_case()\n"
-        "cost = lambda q: lesson.forward_propagation_n(X, Y, q)\n"
-        "bug = lambda q: lesson.backward_propagation_n_buggy(X, Y, cost(q)[1])\n"
-        "r = jc.check(cost, bug, p)\n"
-        "print(r.twin, r.failing)\n"
-    )
+    script = _TYPED_AT_A_PROMPT + "print(r.twin, r.failing)\n"
     out = subprocess.run(
         [sys.executable, "-"],
         input=script,
@@ -953,14 +956,7 @@ def test_code_without_source_still_ports_the_functions_it_calls(tmp_path):
 def test_code_compiled_from_stdin_still_ports_the_functions_it_calls():
     # The same, in this process: code compiled under the name "<stdin>" has no source either
     # (the subprocess above, which really reads stdin, is marked slow).
-    script = (
-        "import jaxcheck as jc\n"
-        "from jaxcheck import lesson\n"
-        "X, Y, p = lesson.gradient_check_n_test_case()\n"
-        "cost = lambda q: lesson.forward_propagation_n(X, Y, q)\n"
-        "bug = lambda q: lesson.backward_propagation_n_buggy(X, Y, cost(q)[1])\n"
-        "r = jc.check(cost, bug, p)\n"
-    )
+    script = _TYPED_AT_A_PROMPT
     namespace = {"__name__": "__main__"}
     exec(compile(script, "<stdin>", "exec"), namespace)
     with pytest.raises(OSError):
