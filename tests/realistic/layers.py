@@ -71,7 +71,8 @@ def conv_forward_naive(x, w, b, conv_param):
     return out, cache
 
 
-def conv_backward_naive(dout, cache):
+def conv_backward_naive(dout, cache, accumulate_dw=True):
+    """``accumulate_dw=False`` plants a bug: ``dw[f] =`` where it must be ``+=``."""
     x, w, b, conv_param = cache
     stride, pad = conv_param["stride"], conv_param["pad"]
     N, C, H, W = x.shape
@@ -88,7 +89,10 @@ def conv_backward_naive(dout, cache):
                 for j in range(W_out):
                     hs, ws = i * stride, j * stride
                     window = x_pad[n, :, hs : hs + HH, ws : ws + WW]
-                    dw[f] += window * dout[n, f, i, j]
+                    if accumulate_dw:
+                        dw[f] += window * dout[n, f, i, j]
+                    else:
+                        dw[f] = window * dout[n, f, i, j]
                     dx_pad[n, :, hs : hs + HH, ws : ws + WW] += w[f] * dout[n, f, i, j]
     dx = dx_pad[:, :, pad : pad + H, pad : pad + W]
     return dx, dw, db
@@ -111,7 +115,8 @@ def max_pool_forward_naive(x, pool_param):
     return out, cache
 
 
-def max_pool_backward_naive(dout, cache):
+def max_pool_backward_naive(dout, cache, average=False):
+    """``average=True`` plants a bug: the gradient of average pooling."""
     x, pool_param = cache
     ph, pw = pool_param["pool_height"], pool_param["pool_width"]
     stride = pool_param["stride"]
@@ -123,8 +128,11 @@ def max_pool_backward_naive(dout, cache):
                 for j in range(W_out):
                     hs, ws = i * stride, j * stride
                     window = x[n, c, hs : hs + ph, ws : ws + pw]
-                    mask = window == np.max(window)
-                    dx[n, c, hs : hs + ph, ws : ws + pw] += mask * dout[n, c, i, j]
+                    if average:
+                        dx[n, c, hs : hs + ph, ws : ws + pw] += dout[n, c, i, j] / (ph * pw)
+                    else:
+                        mask = window == np.max(window)
+                        dx[n, c, hs : hs + ph, ws : ws + pw] += mask * dout[n, c, i, j]
     return dx
 
 

@@ -4,8 +4,11 @@ linear classifier that return ``(loss, dW)``."""
 import numpy as np
 
 
-def svm_loss(x, y):
-    """Multiclass SVM loss of scores ``x`` (N, C) for labels ``y`` (N,)."""
+def svm_loss(x, y, forget_n=False):
+    """Multiclass SVM loss of scores ``x`` (N, C) for labels ``y`` (N,).
+
+    ``forget_n=True`` plants a bug: ``dx`` not divided by N.
+    """
     N = x.shape[0]
     correct_class_scores = x[np.arange(N), y]
     margins = np.maximum(0, x - correct_class_scores[:, np.newaxis] + 1.0)
@@ -15,12 +18,16 @@ def svm_loss(x, y):
     dx = np.zeros_like(x)
     dx[margins > 0] = 1
     dx[np.arange(N), y] -= num_pos
-    dx /= N
+    if not forget_n:
+        dx /= N
     return loss, dx
 
 
-def softmax_loss(x, y):
-    """Softmax cross-entropy of scores ``x`` (N, C) for labels ``y`` (N,)."""
+def softmax_loss(x, y, forget_correct_class=False):
+    """Softmax cross-entropy of scores ``x`` (N, C) for labels ``y`` (N,).
+
+    ``forget_correct_class=True`` plants a bug: the 1 of the correct class is not subtracted.
+    """
     shifted_logits = x - np.max(x, axis=1, keepdims=True)
     Z = np.sum(np.exp(shifted_logits), axis=1, keepdims=True)
     log_probs = shifted_logits - np.log(Z)
@@ -28,13 +35,17 @@ def softmax_loss(x, y):
     N = x.shape[0]
     loss = -np.sum(log_probs[np.arange(N), y]) / N
     dx = probs.copy()
-    dx[np.arange(N), y] -= 1
+    if not forget_correct_class:
+        dx[np.arange(N), y] -= 1
     dx /= N
     return loss, dx
 
 
-def svm_loss_naive(W, X, y, reg):
-    """Structured SVM loss of a linear classifier, with loops. W: (D, C), X: (N, D)."""
+def svm_loss_naive(W, X, y, reg, reg_factor=2):
+    """Structured SVM loss of a linear classifier, with loops. W: (D, C), X: (N, D).
+
+    ``reg_factor=1`` plants a bug: the regulariser's gradient missing its factor 2.
+    """
     dW = np.zeros(W.shape)
     num_classes = W.shape[1]
     num_train = X.shape[0]
@@ -53,7 +64,7 @@ def svm_loss_naive(W, X, y, reg):
     loss /= num_train
     dW /= num_train
     loss += reg * np.sum(W * W)
-    dW += 2 * reg * W
+    dW += reg_factor * reg * W
     return loss, dW
 
 

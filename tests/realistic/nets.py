@@ -84,12 +84,15 @@ class Network:
         nabla_b[-1] = delta
         nabla_w[-1] = np.dot(delta, activations[-2].transpose())
         for layer in range(2, self.num_layers):
-            z = zs[-layer]
-            sp = self.sigmoid_prime(z)
-            delta = np.dot(self.weights[-layer + 1].transpose(), delta) * sp
+            delta = self.hidden_delta(layer, zs, delta)
             nabla_b[-layer] = delta
             nabla_w[-layer] = np.dot(delta, activations[-layer - 1].transpose())
         return nabla_b, nabla_w
+
+    def hidden_delta(self, layer, zs, delta):
+        """The error of hidden layer ``-layer`` from the one above it."""
+        sp = self.sigmoid_prime(zs[-layer])
+        return np.dot(self.weights[-layer + 1].transpose(), delta) * sp
 
     def cost_derivative(self, output_activations, y):
         return output_activations - y

@@ -17,55 +17,13 @@ from realistic.layers import (
     affine_relu_forward,
 )
 from realistic.losses import softmax_loss
-from realistic.nets import sigmoid, sigmoid_prime
+from realistic.nets import Network, sigmoid_prime
 
 import jaxcheck as jc
 
 # --------------------------------------------------------------------------------------------
 # Lists of weights and biases, per-example backprop
 # --------------------------------------------------------------------------------------------
-
-
-class Network:
-    def __init__(self, sizes, seed=0):
-        rng = np.random.RandomState(seed)
-        self.num_layers = len(sizes)
-        self.sizes = sizes
-        self.biases = [rng.randn(y, 1) for y in sizes[1:]]
-        self.weights = [rng.randn(y, x) for x, y in zip(sizes[:-1], sizes[1:])]
-
-    def feedforward(self, a):
-        for b, w in zip(self.biases, self.weights):
-            a = sigmoid(np.dot(w, a) + b)
-        return a
-
-    def backprop(self, x, y):
-        """(nabla_b, nabla_w) of the quadratic cost of one example, layer by layer."""
-        nabla_b = [np.zeros(b.shape) for b in self.biases]
-        nabla_w = [np.zeros(w.shape) for w in self.weights]
-        activation = x
-        activations = [x]
-        zs = []
-        for b, w in zip(self.biases, self.weights):
-            z = np.dot(w, activation) + b
-            zs.append(z)
-            activation = sigmoid(z)
-            activations.append(activation)
-        delta = self.cost_derivative(activations[-1], y) * sigmoid_prime(zs[-1])
-        nabla_b[-1] = delta
-        nabla_w[-1] = np.dot(delta, activations[-2].transpose())
-        for layer in range(2, self.num_layers):
-            delta = self.hidden_delta(layer, zs, delta)
-            nabla_b[-layer] = delta
-            nabla_w[-layer] = np.dot(delta, activations[-layer - 1].transpose())
-        return (nabla_b, nabla_w)
-
-    def hidden_delta(self, layer, zs, delta):
-        sp = sigmoid_prime(zs[-layer])
-        return np.dot(self.weights[-layer + 1].transpose(), delta) * sp
-
-    def cost_derivative(self, output_activations, y):
-        return output_activations - y
 
 
 class NetworkPrimeOfZ(Network):
@@ -89,38 +47,29 @@ RNG = np.random.default_rng(5)
 X1, Y1 = RNG.normal(size=(3, 1)), RNG.uniform(size=(2, 1))
 
 
-def test_network_with_lists_of_weights_and_biases():
-    net = Network([3, 4, 2])
-    report = jc.check_object(
+def _check_network(net, x, y):
+    """check_object of one example's quadratic cost and ``net.backprop``."""
+    return jc.check_object(
         net,
-        lambda n: quadratic_cost(n, X1, Y1),
-        lambda n: n.backprop(X1, Y1),
+        lambda n: quadratic_cost(n, x, y),
+        lambda n: n.backprop(x, y),
         attributes=("biases", "weights"),
     )
+
+
+def test_network_with_lists_of_weights_and_biases():
+    report = _check_network(Network([3, 4, 2]), X1, Y1)
     assert report.ok and report.twin == "ported", str(report)
     assert list(report.leaves) == ["biases/0", "biases/1", "weights/0", "weights/1"]
 
 
 def test_network_sigmoid_prime_of_z_is_found_in_the_hidden_layer():
-    net = NetworkPrimeOfZ([3, 4, 2])
-    report = jc.check_object(
-        net,
-        lambda n: quadratic_cost(n, X1, Y1),
-        lambda n: n.backprop(X1, Y1),
-        attributes=("biases", "weights"),
-    )
+    report = _check_network(NetworkPrimeOfZ([3, 4, 2]), X1, Y1)
     assert report.failing == ["biases/0", "weights/0"], str(report)
 
 
 def test_network_missing_transpose_with_square_weights():
-    net = NetworkNoTranspose([3, 4, 4])
-    y = RNG.uniform(size=(4, 1))
-    report = jc.check_object(
-        net,
-        lambda n: quadratic_cost(n, X1, y),
-        lambda n: n.backprop(X1, y),
-        attributes=("biases", "weights"),
-    )
+    report = _check_network(NetworkNoTranspose([3, 4, 4]), X1, RNG.uniform(size=(4, 1)))
     assert report.failing == ["biases/0", "weights/0"], str(report)
 
 

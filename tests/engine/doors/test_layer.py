@@ -12,8 +12,13 @@ import pytest
 from realistic.layers import (
     affine_backward,
     affine_forward,
+    conv_backward_naive,
     conv_forward_naive,
     dropout_backward,
+    dropout_forward,
+    layernorm_backward,
+    layernorm_forward,
+    max_pool_backward_naive,
     max_pool_forward_naive,
 )
 
@@ -129,29 +134,6 @@ def batchnorm_backward_dgamma_sum(dout, cache):
     return dx, np.sum(dout, axis=0), dbeta  # bug: dgamma without the xhat factor
 
 
-def layernorm_forward(x, gamma, beta, ln_param):
-    eps = ln_param.get("eps", 1e-5)
-    mu = x.mean(axis=1, keepdims=True)
-    var = x.var(axis=1, keepdims=True)
-    std = np.sqrt(var + eps)
-    xhat = (x - mu) / std
-    return gamma * xhat + beta, (xhat, std, gamma)
-
-
-def layernorm_backward(dout, cache):
-    xhat, std, gamma = cache
-    D = xhat.shape[1]
-    dbeta = dout.sum(axis=0)
-    dgamma = (dout * xhat).sum(axis=0)
-    dxhat = dout * gamma
-    dx = (
-        D * dxhat
-        - dxhat.sum(axis=1, keepdims=True)
-        - xhat * (dxhat * xhat).sum(axis=1, keepdims=True)
-    ) / (D * std)
-    return dx, dgamma, dbeta
-
-
 def layernorm_backward_no_variance_term(dout, cache):
     xhat, std, gamma = cache
     D = xhat.shape[1]
@@ -160,67 +142,9 @@ def layernorm_backward_no_variance_term(dout, cache):
     return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)
 
 
-def dropout_forward(x, dropout_param):
-    """Inverted dropout: keep each unit with probability p, scale the kept ones by 1/p."""
-    p, mode = dropout_param["p"], dropout_param["mode"]
-    if "seed" in dropout_param:
-        np.random.seed(dropout_param["seed"])
-    mask = None
-    out = x
-    if mode == "train":
-        mask = (np.random.rand(*x.shape) < p) / p
-        out = x * mask
-    return out, (dropout_param, mask)
-
-
 def dropout_backward_unscaled(dout, cache):
     dropout_param, mask = cache
     return dout * (mask > 0)  # bug: the 1/p of inverted dropout is forgotten
-
-
-def conv_backward_naive(dout, cache, accumulate_dw=True):
-    x, w, b, conv_param = cache
-    stride, pad = conv_param["stride"], conv_param["pad"]
-    N, C, H, W = x.shape
-    F, _, HH, WW = w.shape
-    _, _, H_out, W_out = dout.shape
-    x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-    dx_pad = np.zeros_like(x_pad)
-    dw = np.zeros_like(w)
-    db = np.zeros_like(b)
-    for n in range(N):
-        for f in range(F):
-            db[f] += dout[n, f].sum()
-            for i in range(H_out):
-                for j in range(W_out):
-                    hs, ws = i * stride, j * stride
-                    window = x_pad[n, :, hs : hs + HH, ws : ws + WW]
-                    if accumulate_dw:
-                        dw[f] += window * dout[n, f, i, j]
-                    else:
-                        dw[f] = window * dout[n, f, i, j]  # bug: = instead of +=
-                    dx_pad[n, :, hs : hs + HH, ws : ws + WW] += w[f] * dout[n, f, i, j]
-    dx = dx_pad[:, :, pad : pad + H, pad : pad + W]
-    return dx, dw, db
-
-
-def max_pool_backward_naive(dout, cache, average=False):
-    x, pool_param = cache
-    ph, pw, stride = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
-    N, C, H_out, W_out = dout.shape
-    dx = np.zeros_like(x)
-    for n in range(N):
-        for c in range(C):
-            for i in range(H_out):
-                for j in range(W_out):
-                    hs, ws = i * stride, j * stride
-                    window = x[n, c, hs : hs + ph, ws : ws + pw]
-                    if average:  # bug: the gradient of average pooling
-                        dx[n, c, hs : hs + ph, ws : ws + pw] += dout[n, c, i, j] / (ph * pw)
-                    else:
-                        mask = window == np.max(window)
-                        dx[n, c, hs : hs + ph, ws : ws + pw] += mask * dout[n, c, i, j]
-    return dx
 
 
 def rnn_step_forward(x, prev_h, Wx, Wh, b):

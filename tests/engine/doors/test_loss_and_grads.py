@@ -9,68 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from realistic.losses import softmax_loss_naive
+from realistic.losses import softmax_loss, softmax_loss_naive, svm_loss, svm_loss_naive
 
 import jaxcheck as jc
 
 # --------------------------------------------------------------------------------------------
 # The system under test
 # --------------------------------------------------------------------------------------------
-
-
-def svm_loss(x, y, forget_n=False):
-    """Multiclass SVM loss of scores x (N, C) for labels y (N,): (loss, dx)."""
-    N = x.shape[0]
-    correct_class_scores = x[np.arange(N), y]
-    margins = np.maximum(0, x - correct_class_scores[:, np.newaxis] + 1.0)
-    margins[np.arange(N), y] = 0
-    loss = np.sum(margins) / N
-    num_pos = np.sum(margins > 0, axis=1)
-    dx = np.zeros_like(x)
-    dx[margins > 0] = 1
-    dx[np.arange(N), y] -= num_pos
-    if not forget_n:
-        dx /= N
-    return loss, dx
-
-
-def softmax_loss(x, y, forget_correct_class=False):
-    """Softmax cross-entropy of scores x (N, C) for labels y (N,): (loss, dx)."""
-    shifted = x - np.max(x, axis=1, keepdims=True)
-    Z = np.sum(np.exp(shifted), axis=1, keepdims=True)
-    log_probs = shifted - np.log(Z)
-    probs = np.exp(log_probs)
-    N = x.shape[0]
-    loss = -np.sum(log_probs[np.arange(N), y]) / N
-    dx = probs.copy()
-    if not forget_correct_class:
-        dx[np.arange(N), y] -= 1
-    dx /= N
-    return loss, dx
-
-
-def svm_loss_naive(W, X, y, reg, reg_factor=2):
-    """Linear SVM with loops and a Python ``if`` on each margin: (loss, dW)."""
-    dW = np.zeros(W.shape)
-    num_classes = W.shape[1]
-    num_train = X.shape[0]
-    loss = 0.0
-    for i in range(num_train):
-        scores = X[i].dot(W)
-        correct_class_score = scores[y[i]]
-        for j in range(num_classes):
-            if j == y[i]:
-                continue
-            margin = scores[j] - correct_class_score + 1
-            if margin > 0:
-                loss += margin
-                dW[:, j] += X[i]
-                dW[:, y[i]] -= X[i]
-    loss /= num_train
-    dW /= num_train
-    loss += reg * np.sum(W * W)
-    dW += reg_factor * reg * W
-    return loss, dW
 
 
 def two_layer_loss(params, X, y, reg=0.0, bug=None):

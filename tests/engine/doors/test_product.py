@@ -235,15 +235,22 @@ def test_an_mlp_gauss_newton_product_passes_and_its_bugs_are_localised():
 # --------------------------------------------------------------------------- fewer evaluations
 
 
-def test_finite_differences_are_taken_only_along_directions_that_need_them(logistic, monkeypatch):
+@pytest.fixture
+def evaluations(monkeypatch):
+    """The number of directions of every evaluation of finite differences, in order."""
     seen = []
     evaluate = engine.Products.evaluate
 
     def counting(self, vectors, *args):
-        seen.append(vectors.shape[0])
+        seen.append(len(vectors))
         return evaluate(self, vectors, *args)
 
     monkeypatch.setattr(engine.Products, "evaluate", counting)
+    return seen
+
+
+def test_finite_differences_are_taken_only_along_directions_that_need_them(logistic, evaluations):
+    seen = evaluations
     good = _run(logistic, logistic.hvp, directions=6)
     assert good.ok and seen == []  # the probe w confirmed the exact products: no more
     assert good.difference_fd < 1e-7  # finite differences along w were taken all the same
@@ -358,14 +365,8 @@ def test_float32_products_along_random_directions_pass_and_fail_at_float32_toler
     assert sorted(bad.failing) == ["b", "w"]
 
 
-def test_a_kink_crossed_by_the_probe_is_reported_without_more_finite_differences(monkeypatch):
-    seen = []
-    evaluate = engine.Products.evaluate
-    monkeypatch.setattr(
-        engine.Products,
-        "evaluate",
-        lambda self, vectors, *a: seen.append(len(vectors)) or evaluate(self, vectors, *a),
-    )
+def test_a_kink_crossed_by_the_probe_is_reported_without_more_finite_differences(evaluations):
+    seen = evaluations
     # An L1 penalty: the gradient sign(θ) jumps at θ = 0, where jax.grad takes 0 and the exact
     # product is the smooth part's.
     params = {"theta": np.array([0.0, 0.7, -1.2, 0.3])}
@@ -379,16 +380,9 @@ def test_a_kink_crossed_by_the_probe_is_reported_without_more_finite_differences
     assert seen == []
 
 
-def test_where_the_probe_cannot_confirm_the_exact_product_every_direction_gets_fd(monkeypatch):
+def test_where_the_probe_cannot_confirm_the_exact_product_every_direction_gets_fd(evaluations):
+    seen = evaluations
     import jax
-
-    seen = []
-    evaluate = engine.Products.evaluate
-    monkeypatch.setattr(
-        engine.Products,
-        "evaluate",
-        lambda self, vectors, *a: seen.append(len(vectors)) or evaluate(self, vectors, *a),
-    )
 
     @jax.custom_jvp
     def cube(x):
